@@ -1,0 +1,1 @@
+"""Probes that read real hardware: accelerators, power meters, site counters."""
