@@ -1,0 +1,82 @@
+"""The FastAPI app factory: assembles the platform's rooms around one Platform object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from jinsuan import __version__
+from jinsuan.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    JinsuanError,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+)
+from jinsuan.platform import Platform
+
+_STATUS: dict[type[JinsuanError], int] = {
+    Invalid: 422,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+}
+
+
+def error_response(status: int, code: str, reason: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "field": field, "reason": reason}}
+    )
+
+
+def _loc(loc: tuple[object, ...]) -> str:
+    """Render a pydantic error location as ``series[3].points[17]``."""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def create_app(platform: Platform) -> FastAPI:
+    from collectors.jobs import start_background_jobs
+    from collectors.routes import routers as collector_routers
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs = start_background_jobs(platform) if platform.settings.run_background_jobs else None
+        try:
+            yield
+        finally:
+            if jobs is not None:
+                jobs.shutdown(wait=True)
+
+    app = FastAPI(
+        title="jinsuan 晋算",
+        version=__version__,
+        summary="Shanxi integrated compute scheduling and monitoring platform",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+
+    @app.exception_handler(JinsuanError)
+    async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:
+        return error_response(_STATUS.get(type(exc), 400), exc.code, exc.reason, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        return error_response(422, "invalid", first["msg"], _loc(tuple(first["loc"])))
+
+    for router in collector_routers(platform):
+        app.include_router(router)
+    return app

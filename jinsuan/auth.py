@@ -1,0 +1,84 @@
+"""API keys: stored hashed, each bound to a role and an owner.
+
+A key reads ``jsk_<prefix>_<secret>``. The prefix finds the row; the secret is compared by its
+SHA-256. Keys are 256-bit random values, so a fast hash is enough (there is nothing to brute
+force, unlike a password) and verification stays cheap on every request.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import psycopg
+
+from jinsuan.errors import Invalid
+
+
+class Role(enum.StrEnum):
+    OPERATOR = "operator"  # runs an enterprise's sites: sees only that enterprise
+    DISPATCHER = "dispatcher"  # submits jobs for a tenant
+    BUREAU = "bureau"  # the provincial Data Bureau: reads everything
+    ADMIN = "admin"  # runs the platform
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: int
+    role: Role
+    enterprise_id: int | None = None
+    tenant: str | None = None
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def create_key(
+    conn: psycopg.Connection,
+    role: Role,
+    *,
+    enterprise_id: int | None = None,
+    tenant: str | None = None,
+    label: str = "",
+) -> str:
+    """Create a key and return it; only its hash is stored, so this is the one time it is seen."""
+    if (role is Role.OPERATOR) != (enterprise_id is not None):
+        raise Invalid("an operator key needs an enterprise, and only an operator key has one",
+                      field="enterprise")
+    if (role is Role.DISPATCHER) != (tenant is not None):
+        raise Invalid("a dispatcher key needs a tenant, and only a dispatcher key has one",
+                      field="tenant")
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO api_keys (prefix, secret_sha256, role, enterprise_id, tenant, label)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (prefix, _sha256(secret), role.value, enterprise_id, tenant, label),
+    )
+    return f"jsk_{prefix}_{secret}"
+
+
+def authenticate(conn: psycopg.Connection, presented: str) -> Principal | None:
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != "jsk":
+        return None
+    row = conn.execute(
+        "SELECT id, secret_sha256, role, enterprise_id, tenant FROM api_keys"
+        " WHERE prefix = %s AND revoked_at IS NULL",
+        (parts[1],),
+    ).fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[1]), _sha256(parts[2])):
+        return None
+    return Principal(row[0], Role(row[2]), row[3], row[4])
+
+
+def revoke_key(conn: psycopg.Connection, prefix: str) -> bool:
+    cur = conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE prefix = %s AND revoked_at IS NULL",
+        (prefix,),
+    )
+    return cur.rowcount == 1

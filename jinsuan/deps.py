@@ -1,0 +1,74 @@
+"""FastAPI dependencies: the platform, a pooled connection, and the caller's role.
+
+Every route declares who may call it with ``allow(...)``; tests/test_access.py checks that no
+route is left without a declaration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from jinsuan.auth import Principal, Role, authenticate
+from jinsuan.errors import Forbidden, Unauthenticated
+from jinsuan.platform import Platform
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made by `jinsuan keys create`.")
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def get_conn(platform: PlatformDep) -> Iterator[psycopg.Connection]:
+    with platform.db.pool.connection() as conn:
+        yield conn
+
+
+ConnDep = Annotated[psycopg.Connection, Depends(get_conn)]
+
+
+def allow(*roles: Role) -> Any:
+    """A dependency that authenticates the caller's API key and admits only ``roles``."""
+
+    def check(
+        conn: ConnDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        if credentials is None:
+            raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+        principal = authenticate(conn, credentials.credentials)
+        if principal is None:
+            raise Unauthenticated("unknown or revoked API key")
+        if principal.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise Forbidden(f"role {principal.role.value!r} may not call this; allowed: {allowed}")
+        return principal
+
+    check.allowed_roles = roles  # type: ignore[attr-defined]  # read by the access test
+    return Depends(check)
+
+
+def public(why: str) -> Any:
+    """Declare a route open to callers without an API key, and why (a signature, a token...)."""
+
+    def open_route() -> None:
+        return None
+
+    open_route.public_reason = why  # type: ignore[attr-defined]  # read by the access test
+    return Depends(open_route)
+
+
+def access_declaration(dependency: Callable[..., Any]) -> str | None:
+    """What a route dependency declares about access, or None when it declares nothing."""
+    roles = getattr(dependency, "allowed_roles", None)
+    if roles is not None:
+        return "roles: " + ", ".join(r.value for r in roles)
+    return getattr(dependency, "public_reason", None)

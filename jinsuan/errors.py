@@ -1,0 +1,42 @@
+"""Domain errors. They know nothing of HTTP; jinsuan.app maps each to a status code."""
+
+from __future__ import annotations
+
+
+class JinsuanError(Exception):
+    code = "error"
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+class Invalid(JinsuanError):
+    """The request is well-formed but a value in it is not acceptable (422)."""
+
+    code = "invalid"
+
+
+class Unauthenticated(JinsuanError):
+    """No credentials, or credentials that do not verify (401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(JinsuanError):
+    """Authenticated, but this role or owner may not do this (403)."""
+
+    code = "forbidden"
+
+
+class NotFound(JinsuanError):
+    code = "not_found"
+
+
+class Conflict(JinsuanError):
+    code = "conflict"
+
+
+class TooLarge(JinsuanError):
+    code = "too_large"

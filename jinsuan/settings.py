@@ -1,0 +1,42 @@
+"""Platform settings, read once at start-up from the environment and passed down.
+
+``DATABASE_URL`` selects an external PostgreSQL; without it the platform starts an embedded
+one (pgserver) in ``data_dir``. Every other setting is ``JINSUAN_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "jinsuan"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JINSUAN_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "JINSUAN_DATABASE_URL")
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=8, ge=1)
+    use_timescale: bool = Field(
+        default=True, description="Use TimescaleDB hypertables when the extension is available."
+    )
+    retention_days: int = Field(default=800, ge=1, description="Raw telemetry kept this long.")
+    max_future_skew_s: float = Field(default=300, ge=0)
+    max_body_bytes: int = Field(default=32 * 2**20, ge=1024)
+    rollup_every_s: float = Field(default=60, gt=0)
+    rollup_grace_s: float = Field(
+        default=120, ge=0, description="Wait this long after an hour ends before closing it."
+    )
+    run_background_jobs: bool = True

@@ -1,0 +1,74 @@
+"""Daily partitions of the ``samples`` table on plain PostgreSQL, and raw-data retention.
+
+On TimescaleDB the hypertable makes its own chunks and a retention policy drops them; these
+functions then only register that policy. On plain PostgreSQL a partition per UTC day is made
+before rows for that day are written, in a short transaction of its own (never inside an ingest
+transaction, so creating a partition cannot deadlock with concurrent writers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+_LOCK_KEY = 0x6A73706172  # serialises partition DDL between platform processes
+
+
+def partition_name(day: date) -> str:
+    return f"samples_{day:%Y%m%d}"
+
+
+class Partitions:
+    """Creates daily partitions on demand; remembers which exist to keep the hot path cheap."""
+
+    def __init__(self, timescale: bool) -> None:
+        self.timescale = timescale
+        self._known: set[date] = set()
+
+    def ensure(self, conn: psycopg.Connection, days: Iterable[date]) -> None:
+        if self.timescale:
+            return
+        missing = sorted(set(days) - self._known)
+        if not missing:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            for day in missing:
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF samples"
+                        " FOR VALUES FROM ({}) TO ({})"
+                    ).format(
+                        sql.Identifier(partition_name(day)),
+                        sql.Literal(start),
+                        sql.Literal(start + timedelta(days=1)),
+                    )
+                )
+        self._known.update(missing)
+
+    def apply_retention(self, conn: psycopg.Connection, keep_days: int, today: date) -> list[str]:
+        """Drop raw samples older than ``keep_days``; return the partitions dropped."""
+        if self.timescale:
+            conn.execute(
+                "SELECT add_retention_policy('samples', %s::interval, if_not_exists => true)",
+                (f"{keep_days} days",),
+            )
+            return []
+        cutoff = partition_name(today - timedelta(days=keep_days))
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent"
+            " WHERE p.relname = 'samples' AND c.relname < %s ORDER BY 1",
+            (cutoff,),
+        ).fetchall()
+        dropped = [name for (name,) in rows]
+        with conn.transaction():
+            for name in dropped:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        self._known = {d for d in self._known if partition_name(d) >= cutoff}
+        return dropped
