@@ -128,7 +128,7 @@ def integrate_counter(points: Points, start: float, end: float, max_gap: float) 
             if dt <= max_gap:
                 covered += hi - lo
         t0, c0 = t1, c1
-    return Integral(joules, covered)
+    return Integral(joules, _at_most_window(covered, start, end))
 
 
 def time_weighted_mean(
@@ -196,7 +196,14 @@ def _trapezoids(points: Points, start: float, end: float, max_gap: float) -> tup
                 total += (v_lo + v_hi) * 0.5 * (hi - lo)
                 covered += hi - lo
         t0, v0 = t1, v1
-    return total, covered
+    return total, _at_most_window(covered, start, end)
+
+
+def _at_most_window(covered: float, start: float, end: float) -> float:
+    """Covered seconds summed over many intervals can exceed the window by a rounding error;
+    clip them so that coverage never reads above 1."""
+    duration = end - start
+    return covered if covered < duration else duration
 
 
 def _check_window(start: float, end: float, max_gap: float) -> None:
