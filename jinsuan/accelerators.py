@@ -417,6 +417,18 @@ _ARCHITECTURES: dict[tuple[int, int], _Arch] = {
 }  # fmt: skip
 
 
+#: Huawei Ascend (Da Vinci) has no compute capability; its rate is per AI core. Checked against
+#: the table: the original Ascend 910's 32 AI cores at about 1 GHz give 262 TFLOPS against the
+#: 256 Huawei states, so the estimate is an upper bound within a few percent.
+_DA_VINCI = _Arch(
+    "Huawei Da Vinci AI Core",
+    16 * 16 * 16 * 2,
+    "Huawei, 'DaVinci: A Scalable Architecture for Neural Network Computing', Hot Chips 31 "
+    "(2019), https://old.hotchips.org/hc31/HC31_1.11_Huawei.Davinci.HengLiao_v4.0.pdf: the Cube "
+    "unit performs a 16×16×16 FP16 matrix multiply-accumulate (4,096 MACs) per cycle per AI core",
+)
+
+
 def _check_sm_data(sm_count: int, sm_clock_max_mhz: float) -> None:
     if isinstance(sm_count, bool) or not isinstance(sm_count, int) or sm_count <= 0:
         raise ValueError(f"sm_count must be a positive integer, got {sm_count!r}")
@@ -432,12 +444,16 @@ def _estimate(
     sm_clock_max_mhz: float | None,
     compute_capability: tuple[int, int] | None,
 ) -> tuple[float, _Arch] | None:
-    if "nvidia" not in vendor.casefold():
+    folded = vendor.casefold()
+    if sm_count is None or sm_clock_max_mhz is None:
         return None
-    if sm_count is None or sm_clock_max_mhz is None or compute_capability is None:
+    if "huawei" in folded or "ascend" in folded:
+        arch: _Arch | None = _DA_VINCI
+    elif "nvidia" in folded and compute_capability is not None:
+        arch = _ARCHITECTURES.get(tuple(compute_capability))
+    else:
         return None
     _check_sm_data(sm_count, sm_clock_max_mhz)
-    arch = _ARCHITECTURES.get(tuple(compute_capability))
     if arch is None:
         return None
     tflops = sm_count * arch.flops_per_sm_per_clock * sm_clock_max_mhz * 1e6 / 1e12
@@ -450,10 +466,11 @@ def estimate_fp16_tflops(
     sm_clock_max_mhz: float | None,
     compute_capability: tuple[int, int] | None,
 ) -> float | None:
-    """Dense FP16 tensor TFLOPS of an NVIDIA GPU from its SM count, clock and architecture.
+    """Dense FP16 tensor TFLOPS from SM (NVIDIA) or AI-core (Huawei Ascend) count and clock.
 
-    TFLOPS = SMs × FLOPs per SM per clock × clock (MHz) × 1e6 / 1e12. Returns None for other
-    vendors, for missing data and for architectures without a published per-SM rate.
+    TFLOPS = units × FLOPs per unit per clock × clock (MHz) × 1e6 / 1e12. NVIDIA needs the
+    compute capability to pick the per-SM rate; Ascend's Da Vinci cores share one rate. Returns
+    None for other vendors, for missing data and for architectures without a published rate.
 
     With the datasheet boost clock this reproduces the datasheet figures within about 1%
     (tests/test_accelerators.py). NVML's *maximum* SM clock can be higher than the clock NVIDIA
@@ -480,9 +497,9 @@ def fp16_peak(
     if result is not None:
         tflops, arch = result
         source = (
-            f"ESTIMATE for {model!r} (not in the table): {sm_count} SMs × "
-            f"{arch.flops_per_sm_per_clock} dense FP16 FLOPs/SM/clock ({arch.name}) × "
-            f"{sm_clock_max_mhz:g} MHz max SM clock; per-SM rate from {arch.source}"
+            f"ESTIMATE for {model!r} (not in the table): {sm_count} compute units × "
+            f"{arch.flops_per_sm_per_clock} dense FP16 FLOPs/unit/clock ({arch.name}) × "
+            f"{sm_clock_max_mhz:g} MHz max clock; per-unit rate from {arch.source}"
         )
         return Fp16Peak(tflops, True, source, domestic)
     reason = (

@@ -54,6 +54,7 @@ class AcceleratorInfo(_Wire):
     memory_total_bytes: int | None = Field(default=None, ge=0)
     sm_count: int | None = Field(default=None, gt=0)
     sm_clock_max_mhz: float | None = Field(default=None, gt=0)
+    compute_capability: tuple[int, int] | None = None
 
 
 class MeterRole(enum.StrEnum):

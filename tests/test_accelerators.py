@@ -220,7 +220,8 @@ def test_a100_example_from_the_brief() -> None:
 @pytest.mark.parametrize(
     ("vendor", "sms", "mhz", "cc"),
     [
-        ("Huawei", 32, 1800, (8, 0)),  # not an NVIDIA part: no SM model applies
+        ("Hygon", 32, 1800, (8, 0)),  # no published per-unit rate for this vendor
+        ("Huawei", None, 1800, None),
         ("NVIDIA", None, 1410, (8, 0)),
         ("NVIDIA", 108, None, (8, 0)),
         ("NVIDIA", 108, 1410, None),
@@ -251,7 +252,7 @@ def test_fp16_peak_estimates_an_unknown_nvidia_model_and_says_so() -> None:
     peak = fp16_peak("NVIDIA GH200 480GB", "NVIDIA", 132, 1980.0, (9, 0))
     assert peak.estimated
     assert peak.tflops == estimate_fp16_tflops("NVIDIA", 132, 1980.0, (9, 0))
-    assert "ESTIMATE" in peak.source and "132 SMs" in peak.source
+    assert "ESTIMATE" in peak.source and "132 compute units" in peak.source
     assert URL.search(peak.source)
 
 
@@ -312,3 +313,16 @@ def test_lookup_ignores_case_of_any_alias(alias: str, data: st.DataObject) -> No
     flips = data.draw(st.lists(st.booleans(), min_size=len(alias), max_size=len(alias)))
     mixed = "".join(c.upper() if f else c.lower() for c, f in zip(alias, flips, strict=True))
     assert lookup(mixed) == lookup(alias)
+
+
+def test_da_vinci_estimate_reproduces_the_ascend_910_figure_and_flags_910b() -> None:
+    # 32 AI cores x 8192 FLOPs/clock x ~1 GHz: Huawei states 256 TFLOPS for the 910.
+    table = lookup("Ascend910A")
+    assert table is not None
+    estimate = estimate_fp16_tflops("Huawei", 32, 1000.0, None)
+    assert estimate is not None
+    assert 1.0 <= estimate / table.fp16_dense_tflops <= 1.03
+    peak = fp16_peak("Ascend910B3", "Huawei", 20, 1800.0)
+    assert peak.estimated and peak.domestic
+    assert peak.tflops == estimate_fp16_tflops("Huawei", 20, 1800.0, None)
+    assert "Da Vinci" in peak.source
