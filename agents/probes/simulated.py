@@ -43,6 +43,8 @@ class _Model:
     idle_w: float
     tdp_w: float
     memory_bytes: int
+    compute_units: int | None = None  # reported where the FP16 figure must be estimated
+    clock_max_mhz: float | None = None
 
 
 MODELS: dict[str, _Model] = {
@@ -54,7 +56,9 @@ MODELS: dict[str, _Model] = {
         _Model("NVIDIA L20", "NVIDIA", 35, 275, 48 * 2**30),
         _Model("NVIDIA L40S", "NVIDIA", 35, 350, 48 * 2**30),
         _Model("NVIDIA GeForce RTX 4090", "NVIDIA", 25, 450, 24 * 2**30),
-        _Model("Ascend910B3", "Huawei", 70, 350, 64 * 2**30),
+        # npu-smi reports 20 AI cores at up to 1800 MHz for a 910B3; the platform estimates
+        # its FP16 peak from them (Huawei publishes no 910B figure: see jinsuan.accelerators).
+        _Model("Ascend910B3", "Huawei", 70, 350, 64 * 2**30, 20, 1800),
     )
 }
 
@@ -156,6 +160,7 @@ class SimulatedSite:
                     uuid=f"{prefix}-{device_uuid}", model=model.name, vendor=model.vendor,
                     rack=rack, memory_total_bytes=model.memory_bytes,
                     pci_bus_id=f"0000:{(index % 8) * 16 + 0x18:02x}:00.0",
+                    sm_count=model.compute_units, sm_clock_max_mhz=model.clock_max_mhz,
                 ))
         return fleet
 
