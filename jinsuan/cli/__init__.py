@@ -1,0 +1,27 @@
+"""The ``jinsuan`` command line: platform, keys, sites, agents, jobs and the demo.
+
+Sub-commands import their dependencies lazily, so ``jinsuan agent ...`` works on an agent-only
+install that lacks the server extra.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from jinsuan.cli.admin import keys_app, sites_app
+from jinsuan.cli.platform import demo, serve
+
+app = typer.Typer(
+    name="jinsuan",
+    help="晋算 jinsuan: Shanxi's integrated compute scheduling and monitoring platform.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command()(serve)
+app.command()(demo)
+app.add_typer(keys_app, name="keys")
+app.add_typer(sites_app, name="sites")
+
+
+def main() -> None:
+    app()

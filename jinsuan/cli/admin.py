@@ -1,0 +1,111 @@
+"""Administration on the platform's database: API keys, sites, enrolment tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+keys_app = typer.Typer(help="API keys: each bound to a role and an owner.", no_args_is_help=True)
+sites_app = typer.Typer(help="Data-centre sites and their agents' enrolment.",
+                        no_args_is_help=True)
+console = Console()
+
+
+@contextmanager
+def _connection() -> Iterator[object]:
+    from jinsuan.settings import Settings
+    from jinsuan.store import Database
+
+    db = Database.open(Settings(run_background_jobs=False))
+    try:
+        with db.pool.connection() as conn:
+            yield conn
+    finally:
+        db.close()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+@keys_app.command("create")
+def create_key(
+    role: Annotated[str, typer.Option(help="operator, dispatcher, bureau or admin")],
+    enterprise: Annotated[str | None, typer.Option(help="The operator's enterprise.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="The dispatcher's tenant.")] = None,
+    label: Annotated[str, typer.Option(help="A note saying who holds the key.")] = "",
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    from jinsuan.auth import Role, create_key
+    from jinsuan.errors import JinsuanError
+    from jinsuan.sites import enterprise_id
+
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise _fail(f"--role {role!r} is not one of {', '.join(r.value for r in Role)}") from None
+    with _connection() as conn:
+        try:
+            owner = enterprise_id(conn, enterprise) if enterprise else None
+            key = create_key(conn, parsed, enterprise_id=owner, tenant=tenant, label=label)
+        except JinsuanError as exc:
+            raise _fail(f"--{exc.field}: {exc.reason}" if exc.field else exc.reason) from None
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def revoke_key(prefix: Annotated[str, typer.Argument(help="The part after jsk_, e.g. 1a2b3c4d5e6f")]
+               ) -> None:
+    """Revoke a key by its prefix."""
+    from jinsuan.auth import revoke_key
+
+    with _connection() as conn:
+        if not revoke_key(conn, prefix):
+            raise _fail(f"no active key with prefix {prefix!r}")
+    console.print(f"revoked jsk_{prefix}_…")
+
+
+@sites_app.command("create")
+def create_site(
+    name: Annotated[str, typer.Argument()],
+    enterprise: Annotated[str, typer.Option()],
+    city: Annotated[str, typer.Option()],
+    out_of_province: Annotated[bool, typer.Option(help="The site is outside Shanxi.")] = False,
+) -> None:
+    """Register a site of an enterprise (the enterprise is created if new)."""
+    from jinsuan.errors import JinsuanError
+    from jinsuan.sites import create_site
+
+    with _connection() as conn:
+        try:
+            site = create_site(conn, enterprise=enterprise, name=name, city=city,
+                               in_province=not out_of_province)
+        except JinsuanError as exc:
+            raise _fail(exc.reason) from None
+    console.print(f"site {site.id} {site.name!r} in {site.city} for {site.enterprise}")
+
+
+@sites_app.command("token")
+def enrolment_token(
+    site: Annotated[str, typer.Argument(help="The site's name.")],
+    hours: Annotated[float, typer.Option(help="How long the token stays valid.")] = 24,
+) -> None:
+    """Create a one-time enrolment token for a site's agent."""
+    from datetime import timedelta
+
+    from jinsuan.errors import JinsuanError
+    from jinsuan.sites import create_enrolment_token, site_by_name
+
+    with _connection() as conn:
+        try:
+            found = site_by_name(conn, site)
+        except JinsuanError as exc:
+            raise _fail(exc.reason) from None
+        token = create_enrolment_token(conn, found.id, created_by=None,
+                                       valid_for=timedelta(hours=hours))
+    typer.echo(token)

@@ -1,0 +1,46 @@
+"""Running the platform: ``jinsuan serve`` and ``jinsuan demo``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+import typer
+
+
+def _server(platform, host: str, port: int):  # -> uvicorn.Server
+    import uvicorn
+
+    from jinsuan.app import create_app
+
+    config = uvicorn.Config(create_app(platform), host=host, port=port, log_level="warning",
+                            access_log=False)
+    return uvicorn.Server(config)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (JINSUAN_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (JINSUAN_PORT).")] = None,
+) -> None:
+    """Run the platform: HTTP API, intake, rollups and /metrics, until interrupted."""
+    from jinsuan.platform import Platform
+    from jinsuan.settings import Settings
+    from jinsuan.store import Database
+
+    settings = Settings()
+    db = Database.open(settings)
+    try:
+        _server(Platform(settings, db), host or settings.host, port or settings.port).run()
+    finally:
+        db.close()
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the platform's API.")] = 8080,
+    interval: Annotated[float, typer.Option(help="Agents' sampling interval, seconds.")] = 5.0,
+    refresh: Annotated[float, typer.Option(help="Table refresh, seconds.")] = 3.0,
+) -> None:
+    """Start the platform on the embedded database with five simulated Shanxi sites."""
+    from jinsuan.cli.demo import run_demo
+
+    run_demo(port=port, interval=interval, refresh=refresh, stop=threading.Event())
