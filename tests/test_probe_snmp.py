@@ -621,7 +621,18 @@ POWER = {"oid": f"{RPDU2_DEVICE_POWER}.1", "quantity": "power", "unit": "0.01 kW
         ({"community": "c", "quantities": [POWER | {"unit": "MW"}]}, "unit"),
         ({"community": "c", "sum": False, "quantities": [POWER]}, "needs a channel"),
         (
-            {"community": "c", "sum": False, "quantities": [POWER | {"channel": "L1"}] * 2},
+            {"community": "c", "presets": [{"name": "apc_rpdu2_device"}], "quantities": [POWER]},
+            f"OID {RPDU2_DEVICE_POWER}.1 is listed twice",
+        ),
+        (
+            {
+                "community": "c",
+                "sum": False,
+                "quantities": [
+                    POWER | {"channel": "L1"},
+                    POWER | {"channel": "L1", "oid": f"{RPDU2_PHASE_POWER}.1"},
+                ],
+            },
             "channel 'L1' has two power OIDs",
         ),
         (

@@ -218,7 +218,10 @@ class SnmpDeviceConfig(_Config):
     racks: list[Ident] = Field(default_factory=list, description="Racks this device feeds.")
     sum: bool = Field(
         default=True,
-        description="true: one meter summing all OIDs; false: one meter per channel.",
+        description=(
+            "true: one meter summing all OIDs (list either a total or its parts, not both); "
+            "false: one meter per channel."
+        ),
     )
     presets: list[SnmpPresetUse] = Field(default_factory=list)
     quantities: list[SnmpQuantity] = Field(default_factory=list)
@@ -251,6 +254,9 @@ class SnmpDeviceConfig(_Config):
         all_quantities = self.all_quantities()
         if not all_quantities:
             raise ValueError("list at least one entry in quantities or presets")
+        oids = [q.oid for q in all_quantities]
+        if duplicates := sorted({oid for oid in oids if oids.count(oid) > 1}):
+            raise ValueError(f"OID {duplicates[0]} is listed twice: it would be counted twice")
         if not self.sum:
             seen: set[tuple[str, str]] = set()
             for q in all_quantities:
