@@ -1,0 +1,113 @@
+"""The platform's own Prometheus exposition: fleet gauges per site and ingest counters.
+
+Everything is registered on ``platform.registry`` (one registry per app, never the global
+default). Fleet gauges are computed at scrape time from ``collectors.state.site_states``, so a
+scrape shows the store's current truth rather than what this process happened to ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from collectors.state import SiteState, site_states
+from jinsuan.deps import PlatformDep, public
+from jinsuan.store import Database
+
+
+class IngestMetrics:
+    """Counters and the latency histogram of ``POST /v1/reports``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = Counter(
+            "jinsuan_ingest_batches", "Report batches stored.", registry=registry
+        )
+        self.samples = Counter(
+            "jinsuan_ingest_samples", "Samples stored.", registry=registry
+        )
+        self.duplicates = Counter(
+            "jinsuan_ingest_duplicates",
+            "Report batches acknowledged as duplicates or replays; nothing written.",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "jinsuan_ingest_rejected", "Report batches refused, by reason.", ["reason"],
+            registry=registry,
+        )
+        self.counter_resets = Counter(
+            "jinsuan_ingest_counter_resets",
+            "Cumulative counters seen going backwards (a reset; the rollups handle it).",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "jinsuan_ingest_duration_seconds",
+            "Time to handle one report, from request to acknowledgement.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+
+
+_LABELS = ["site", "city", "enterprise"]
+
+_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("fp16_pflops_connected", "jinsuan_site_fp16_pflops_connected",
+     "Nameplate dense FP16 PFlops of connected, healthy accelerators."),
+    ("accelerators_connected", "jinsuan_site_accelerators_connected",
+     "Accelerators whose latest health sample in the last minutes is 1."),
+    ("accelerators_reporting", "jinsuan_site_accelerators_reporting",
+     "Accelerators that sent a health sample in the last minutes."),
+    ("racks", "jinsuan_site_racks", "Physical racks in the site's inventory."),
+    ("pue", "jinsuan_site_pue_last_hour",
+     "Facility energy / IT energy over the last hour (ISO/IEC 30134-2)."),
+    ("it_kw", "jinsuan_site_it_power_kilowatts", "Latest IT power, summed over IT meters."),
+    ("facility_kw", "jinsuan_site_facility_power_kilowatts",
+     "Latest facility power, summed over facility meters."),
+)
+
+
+class FleetCollector(Collector):
+    """Per-site gauges, read from the store at each scrape."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        with self.db.pool.connection() as conn:
+            states = site_states(conn)
+        yield from fleet_families(states)
+
+
+def fleet_families(states: list[SiteState]) -> Iterator[Metric]:
+    for attribute, name, documentation in _GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=_LABELS)
+        for state in states:
+            value = getattr(state, attribute)
+            if value is not None:
+                family.add_metric([state.site, state.city, state.enterprise], float(value))
+        yield family
+
+
+def router() -> APIRouter:
+    api = APIRouter(tags=["operations"])
+
+    @api.get(
+        "/metrics",
+        dependencies=[public("Prometheus scrape target: fleet aggregates, no per-key data")],
+        response_class=Response,
+    )
+    def metrics(platform: PlatformDep) -> Response:
+        return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/healthz", dependencies=[public("liveness probe for load balancers")])
+    def healthz(platform: PlatformDep) -> dict[str, str]:
+        with platform.db.pool.connection() as conn:
+            conn.execute("SELECT 1")
+        return {"status": "ok"}
+
+    return api

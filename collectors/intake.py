@@ -1,0 +1,273 @@
+"""``POST /v1/reports``: authenticated, validated, idempotent ingestion of agent batches.
+
+The checks run in this order, each cheaper than the next or needed by it: body size (before
+and after gunzip, the latter with a bounded decompressor so a gzip bomb costs at most
+``max_body_bytes`` of memory) → agent header → the agent's public key (cached per process) →
+Ed25519 signature over the uncompressed bytes → parse → agent id in the body equals the
+header's → validation (``collectors.validation``) → the write (``collectors.writer``).
+
+Every refusal is counted by reason in ``jinsuan_ingest_rejected_total`` and answered with the
+platform's JSON error shape; a 4xx tells the agent not to retry that batch, a 503 (the store
+failed) that it should.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import operator
+import time
+import zlib
+from dataclasses import dataclass
+from itertools import islice
+
+import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from collectors.exposition import IngestMetrics
+from collectors.validation import Limits, first_problem
+from collectors.writer import SeriesKey, Writer
+from jinsuan.deps import public
+from jinsuan.errors import Forbidden, Invalid, JinsuanError, TooLarge, Unauthenticated
+from jinsuan.metrics import CATALOGUE, Kind
+from jinsuan.platform import Platform
+from jinsuan.signing import BadKey, load_public_key, verify
+from jinsuan.wire import (
+    AGENT_HEADER,
+    SIGNATURE_HEADER,
+    Batch,
+    ErrorBody,
+    ErrorResponse,
+    ReportAck,
+)
+
+log = logging.getLogger(__name__)
+
+class Rejected(Exception):
+    """A refused report: the domain error to answer with and the counter's reason label."""
+
+    def __init__(self, label: str, error: JinsuanError) -> None:
+        super().__init__(error.reason)
+        self.label = label
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class AgentKey:
+    public_key: Ed25519PublicKey
+    site_id: int
+
+
+class AgentKeys:
+    """Enrolled agents' public keys, cached per process.
+
+    Only agents not revoked are cached. A revocation made by another process is still honoured
+    at once: the write transaction refuses a revoked agent, and the intake then calls
+    :meth:`forget`.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, AgentKey] = {}
+
+    def get(self, conn: psycopg.Connection, agent_id: str) -> AgentKey | None:
+        key = self._keys.get(agent_id)
+        if key is not None:
+            return key
+        row = conn.execute(
+            "SELECT public_key, site_id FROM agents WHERE id = %s AND revoked_at IS NULL",
+            (agent_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            key = AgentKey(load_public_key(row[0]), row[1])
+        except BadKey:
+            log.error("agent %s has a malformed public key in the store", agent_id)
+            return None
+        self._keys[agent_id] = key
+        return key
+
+    def forget(self, agent_id: str) -> None:
+        self._keys.pop(agent_id, None)
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """Decompress a single gzip member, refusing output beyond ``limit`` bytes."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        error = Invalid(f"body is not valid gzip: {exc}", field="body")
+        raise Rejected("bad_gzip", error) from None
+    if len(out) > limit:
+        raise Rejected("too_large", TooLarge(
+            f"body inflates to more than the {limit} bytes allowed", field="body"))
+    if not inflater.eof:
+        raise Rejected("bad_gzip", Invalid("gzip body is truncated", field="body"))
+    if inflater.unused_data:
+        raise Rejected("bad_gzip", Invalid("data after the end of the gzip body", field="body"))
+    return out
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Rejected("too_large", TooLarge(f"body is {declared} bytes; at most {limit} allowed",
+                                             field="body"))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Rejected("too_large", TooLarge(f"body exceeds the {limit} bytes allowed",
+                                                 field="body"))
+    return bytes(body)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as ``series[3].points[17]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class Intake:
+    """The ingest path of one platform process: its caches, writer and counters."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.settings = platform.settings
+        self.keys = AgentKeys()
+        self.writer = Writer(platform.db)
+        self.metrics = IngestMetrics(platform.registry)
+        self._counters: dict[SeriesKey, tuple[int, float]] = {}  # last point of each counter
+
+    def accept(self, raw: bytes, encoding: str, agent_id: str | None,
+               signature: str | None) -> ReportAck:
+        """Check and store one report body as received; raise ``Rejected`` to refuse it."""
+        limit = self.settings.max_body_bytes
+        if encoding == "gzip":
+            body = gunzip_bounded(raw, limit)
+        elif encoding in ("", "identity"):
+            body = raw
+        else:
+            raise Rejected("bad_encoding", Invalid(
+                f"Content-Encoding {encoding!r} is not supported; use gzip or none",
+                field="Content-Encoding"))
+        if not agent_id:
+            raise Rejected("unauthenticated", Unauthenticated(
+                f"the {AGENT_HEADER} header is required", field=AGENT_HEADER))
+        if not signature:
+            raise Rejected("unauthenticated", Unauthenticated(
+                f"the {SIGNATURE_HEADER} header is required", field=SIGNATURE_HEADER))
+        with self.platform.db.pool.connection() as conn:
+            key = self.keys.get(conn, agent_id)
+            if key is None:
+                raise Rejected("unknown_agent", Unauthenticated(
+                    f"agent {agent_id!r} is not enrolled or was revoked", field=AGENT_HEADER))
+            if not verify(key.public_key, body, signature):
+                raise Rejected("bad_signature", Unauthenticated(
+                    "signature does not verify with the agent's enrolled key",
+                    field=SIGNATURE_HEADER))
+            batch = self._parse(body)
+            if batch.agent_id != agent_id:
+                raise Rejected("agent_mismatch", Forbidden(
+                    f"body says agent {batch.agent_id!r} but it was signed by {agent_id!r}",
+                    field="agent_id"))
+            problem = first_problem(batch, self._limits())
+            if problem is not None:
+                raise Rejected(problem.rule.value, problem.error())
+            try:
+                written = self.writer.write(
+                    conn, batch, site_id=key.site_id,
+                    body_sha256=hashlib.sha256(body).digest(), signature=signature,
+                )
+            except Unauthenticated as exc:
+                self.keys.forget(agent_id)
+                raise Rejected("revoked", exc) from None
+        if written.status == "duplicate":
+            self.metrics.duplicates.inc()
+        else:
+            self.metrics.batches.inc()
+            self.metrics.samples.inc(written.samples)
+            self._count_resets(key.site_id, batch)
+        return ReportAck(agent_id=agent_id, seq=batch.seq, status=written.status,
+                         samples=written.samples)
+
+    def _parse(self, body: bytes) -> Batch:
+        try:
+            return Batch.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise Rejected("malformed", Invalid(
+                first["msg"], field=_field_path(tuple(first["loc"])) or "body")) from None
+
+    def _limits(self) -> Limits:
+        now_ms = int(time.time() * 1000)
+        retention_ms = self.settings.retention_days * 86_400_000
+        return Limits(oldest_ms=now_ms - retention_ms,
+                      newest_ms=now_ms + int(self.settings.max_future_skew_s * 1000))
+
+    def _count_resets(self, site_id: int, batch: Batch) -> None:
+        """Count counters going backwards, within the batch and since this process's last one."""
+        resets = 0
+        for series in batch.series:
+            metric = CATALOGUE[series.metric]
+            if metric.kind is not Kind.COUNTER:
+                continue
+            values = [value for _, value in series.points]
+            resets += sum(map(operator.gt, values, islice(values, 1, None)))
+            key = (site_id, series.metric, series.device)
+            previous = self._counters.get(key)
+            first_ts = series.points[0][0]
+            if previous is not None and previous[0] < first_ts and previous[1] > values[0]:
+                resets += 1
+            if previous is None or previous[0] < series.points[-1][0]:
+                self._counters[key] = (series.points[-1][0], values[-1])
+        if resets:
+            self.metrics.counter_resets.inc(resets)
+
+
+def _error(status: int, code: str, reason: str, field: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, field=field, reason=reason))
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def router(intake: Intake) -> APIRouter:
+    api = APIRouter(tags=["intake"])
+
+    @api.post(
+        "/v1/reports",
+        dependencies=[public("authenticated by the agent's Ed25519 signature over the body")],
+        response_model=ReportAck,
+        responses={401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+    )
+    async def post_report(request: Request) -> ReportAck | JSONResponse:
+        """Store one signed batch of samples from a site agent (see ``jinsuan.wire.Batch``)."""
+        started = time.perf_counter()
+        try:
+            raw = await read_body(request, intake.settings.max_body_bytes)
+            headers = request.headers
+            ack = await run_in_threadpool(
+                intake.accept, raw, headers.get("content-encoding", "").strip().lower(),
+                headers.get(AGENT_HEADER), headers.get(SIGNATURE_HEADER),
+            )
+        except Rejected as exc:
+            intake.metrics.rejected.labels(exc.label).inc()
+            if exc.label == "bad_encoding":
+                return _error(415, exc.error.code, exc.error.reason, exc.error.field)
+            raise exc.error from None
+        except psycopg.Error:
+            log.exception("storing a report failed")
+            intake.metrics.rejected.labels("store_error").inc()
+            return _error(503, "unavailable", "the store could not take the report; retry later")
+        intake.metrics.latency.observe(time.perf_counter() - started)
+        return ack
+
+
+    return api

@@ -1,0 +1,19 @@
+"""The collectors' HTTP routes, assembled for the app factory (``jinsuan.app.create_app``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from collectors import enrolment, exposition, intake, readapi
+from jinsuan.platform import Platform
+
+
+def routers(platform: Platform) -> list[APIRouter]:
+    """Every collectors router; per-process state (caches, metrics) is made here, per app."""
+    platform.registry.register(exposition.FleetCollector(platform.db))
+    return [
+        intake.router(intake.Intake(platform)),
+        enrolment.router(),
+        readapi.router(),
+        exposition.router(),
+    ]

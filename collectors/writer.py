@@ -1,0 +1,259 @@
+"""Writing one validated report batch to the store: whole, once, or not at all.
+
+One transaction does everything, in this order:
+
+1. insert the ``reports`` row (the idempotency key ``(agent_id, seq)`` and the audit trail:
+   body SHA-256 and signature) with ``ON CONFLICT DO NOTHING``; a conflict means a duplicate
+   or a replay, and nothing else is written;
+2. update the agent's ``last_seq``/``last_report_at``, refusing an agent revoked meanwhile;
+3. resolve series ids (a per-process cache, misses upserted);
+4. ``COPY`` the samples in binary format;
+5. upsert the inventory when its hash changed since the agent's last report;
+6. mark the touched ``(site, hour)`` pairs dirty for the rollups.
+
+Rows that several transactions may lock (series, inventory, dirty hours) are always written in
+sorted order, so concurrent batches of one site cannot deadlock. The daily partitions the
+samples need are created before the transaction (``Partitions.ensure``), never inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+import psycopg
+
+from jinsuan.accelerators import fp16_peak
+from jinsuan.errors import Unauthenticated
+from jinsuan.store import Database
+from jinsuan.wire import Batch, Inventory
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
+
+SeriesKey = tuple[int, str, str]  # (site_id, metric, device)
+
+COPY_SAMPLES = "COPY samples (ts, series_id, value) FROM STDIN (FORMAT BINARY)"
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    status: Literal["stored", "duplicate"]
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """The UTC days (for partitions) and hours (for the rollups) a batch's samples fall in."""
+
+    days: frozenset[date]
+    hours: tuple[datetime, ...]
+
+    @classmethod
+    def of(cls, batch: Batch) -> Touched:
+        """Days that hold a sample, and every hour from each series' first to last sample.
+
+        Points are sorted (validated), so a series' span is its first and last point; only a
+        series spanning several days is scanned point by point.
+        """
+        days: set[int] = set()
+        hours: set[int] = set()
+        for series in batch.series:
+            first, last = series.points[0][0], series.points[-1][0]
+            if first // _DAY_MS == last // _DAY_MS:
+                days.add(first // _DAY_MS)
+            else:
+                days.update(t // _DAY_MS for t, _ in series.points)
+            hours.update(range(first // _HOUR_MS, last // _HOUR_MS + 1))
+        return cls(
+            frozenset(_EPOCH.date() + timedelta(days=d) for d in days),
+            tuple(_EPOCH + timedelta(hours=h) for h in sorted(hours)),
+        )
+
+
+def inventory_sha256(inventory: Inventory) -> bytes:
+    return hashlib.sha256(inventory.model_dump_json().encode()).digest()
+
+
+class SeriesIds:
+    """Series ids by ``(site_id, metric, device)``; holds only ids whose rows are committed."""
+
+    def __init__(self) -> None:
+        self._ids: dict[SeriesKey, int] = {}
+
+    def resolve(
+        self, conn: psycopg.Connection, site_id: int, pairs: Iterable[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], int], dict[SeriesKey, int]]:
+        """Ids for ``pairs`` at ``site_id``, and the ones that came from the store this time.
+
+        Misses are upserted in the caller's transaction; the caller adds the second mapping to
+        the cache with :meth:`remember` once that transaction has committed.
+        """
+        found: dict[tuple[str, str], int] = {}
+        missing: set[tuple[str, str]] = set()
+        for pair in pairs:
+            known = self._ids.get((site_id, *pair))
+            if known is None:
+                missing.add(pair)
+            else:
+                found[pair] = known
+        fetched: dict[SeriesKey, int] = {}
+        if missing:
+            metrics, devices = zip(*sorted(missing), strict=True)
+            conn.execute(
+                "INSERT INTO series (site_id, metric, device)"
+                " SELECT %s, m, d FROM unnest(%s::text[], %s::text[]) AS u(m, d) ORDER BY m, d"
+                " ON CONFLICT (site_id, metric, device) DO NOTHING",
+                (site_id, list(metrics), list(devices)),
+            )
+            rows = conn.execute(
+                "SELECT s.metric, s.device, s.id FROM series s"
+                " JOIN unnest(%s::text[], %s::text[]) AS u(m, d)"
+                " ON s.metric = u.m AND s.device = u.d"
+                " WHERE s.site_id = %s",
+                (list(metrics), list(devices), site_id),
+            ).fetchall()
+            for metric, device, series_id in rows:
+                found[(metric, device)] = series_id
+                fetched[(site_id, metric, device)] = series_id
+        return found, fetched
+
+    def remember(self, ids: dict[SeriesKey, int]) -> None:
+        self._ids.update(ids)
+
+
+class Writer:
+    """Writes batches for one platform process; holds its series-id cache."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.series_ids = SeriesIds()
+
+    def write(
+        self,
+        conn: psycopg.Connection,
+        batch: Batch,
+        *,
+        site_id: int,
+        body_sha256: bytes,
+        signature: str,
+    ) -> Written:
+        """Store ``batch`` for the agent's site, or acknowledge it as a duplicate.
+
+        Raises ``Unauthenticated`` when the agent was revoked; any database error leaves the
+        store as it was (the transaction rolls back) and propagates.
+        """
+        samples = batch.sample_count()
+        touched = Touched.of(batch)
+        self.db.partitions.ensure(conn, touched.days)
+        with conn.transaction():
+            inserted = conn.execute(
+                "INSERT INTO reports (agent_id, seq, created_at, samples, body_sha256, signature)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id, seq) DO NOTHING"
+                " RETURNING 1",
+                (batch.agent_id, batch.seq, batch.created_at, samples, body_sha256, signature),
+            ).fetchone()
+            if inserted is None:
+                _check_not_revoked(conn, batch.agent_id)
+                return Written("duplicate", 0)
+            agent = conn.execute(
+                "UPDATE agents SET last_seq = greatest(last_seq, %s), last_report_at = now()"
+                " WHERE id = %s AND revoked_at IS NULL RETURNING inventory_sha256",
+                (batch.seq, batch.agent_id),
+            ).fetchone()
+            if agent is None:
+                raise Unauthenticated(f"agent {batch.agent_id!r} is revoked", field="agent_id")
+            ids, fetched = self.series_ids.resolve(
+                conn, site_id, ((s.metric, s.device) for s in batch.series)
+            )
+            _copy_samples(conn, batch, ids)
+            digest = inventory_sha256(batch.inventory)
+            if agent[0] is None or bytes(agent[0]) != digest:
+                _upsert_inventory(conn, site_id, batch.inventory, batch.created_at)
+                conn.execute(
+                    "UPDATE agents SET inventory_sha256 = %s WHERE id = %s",
+                    (digest, batch.agent_id),
+                )
+            if touched.hours:
+                conn.execute(
+                    "INSERT INTO rollup_dirty (site_id, hour)"
+                    " SELECT %s, h FROM unnest(%s::timestamptz[]) AS h ORDER BY h"
+                    " ON CONFLICT (site_id, hour) DO UPDATE SET marked_at = clock_timestamp()",
+                    (site_id, list(touched.hours)),
+                )
+        self.series_ids.remember(fetched)
+        return Written("stored", samples)
+
+
+def _check_not_revoked(conn: psycopg.Connection, agent_id: str) -> None:
+    row = conn.execute(
+        "SELECT revoked_at IS NULL FROM agents WHERE id = %s", (agent_id,)
+    ).fetchone()
+    if row is None or not row[0]:
+        raise Unauthenticated(f"agent {agent_id!r} is revoked", field="agent_id")
+
+
+def _copy_samples(conn: psycopg.Connection, batch: Batch, ids: dict[tuple[str, str], int]) -> None:
+    """Binary COPY of every point; one datetime per distinct timestamp, not one per point."""
+    stamps: dict[int, datetime] = {}
+    with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
+        copy.set_types(["timestamptz", "int4", "float8"])
+        write_row = copy.write_row
+        for series in batch.series:
+            series_id = ids[(series.metric, series.device)]
+            for ms, value in series.points:
+                ts = stamps.get(ms)
+                if ts is None:
+                    ts = stamps[ms] = _EPOCH + timedelta(milliseconds=ms)
+                write_row((ts, series_id, value))
+
+
+def _upsert_inventory(
+    conn: psycopg.Connection, site_id: int, inventory: Inventory, seen: datetime
+) -> None:
+    """Insert or refresh the racks, accelerators (with their FP16 figure) and meters reported."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO racks (site_id, id, first_seen, last_seen) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (site_id, id) DO UPDATE SET"
+            " first_seen = least(racks.first_seen, EXCLUDED.first_seen),"
+            " last_seen = greatest(racks.last_seen, EXCLUDED.last_seen)",
+            [(site_id, rack, seen, seen) for rack in sorted(set(inventory.racks))],
+        )
+        rows = []
+        for acc in sorted(inventory.accelerators, key=lambda a: a.uuid):
+            peak = fp16_peak(acc.model, acc.vendor, acc.sm_count, acc.sm_clock_max_mhz,
+                              acc.compute_capability)
+            rows.append((
+                site_id, acc.uuid, acc.model, acc.vendor, peak.domestic, acc.rack,
+                acc.memory_total_bytes, peak.tflops, peak.estimated, peak.source, seen, seen,
+            ))
+        cur.executemany(
+            "INSERT INTO accelerators (site_id, uuid, model, vendor, domestic, rack,"
+            " memory_total_bytes, fp16_tflops, fp16_estimated, fp16_source, first_seen, last_seen)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (site_id, uuid) DO UPDATE SET"
+            " model = EXCLUDED.model, vendor = EXCLUDED.vendor, domestic = EXCLUDED.domestic,"
+            " rack = EXCLUDED.rack, memory_total_bytes = EXCLUDED.memory_total_bytes,"
+            " fp16_tflops = EXCLUDED.fp16_tflops, fp16_estimated = EXCLUDED.fp16_estimated,"
+            " fp16_source = EXCLUDED.fp16_source,"
+            " first_seen = least(accelerators.first_seen, EXCLUDED.first_seen),"
+            " last_seen = greatest(accelerators.last_seen, EXCLUDED.last_seen)",
+            rows,
+        )
+        cur.executemany(
+            "INSERT INTO meters (site_id, id, role, measures, racks, first_seen, last_seen)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (site_id, id) DO UPDATE SET"
+            " role = EXCLUDED.role, measures = EXCLUDED.measures, racks = EXCLUDED.racks,"
+            " first_seen = least(meters.first_seen, EXCLUDED.first_seen),"
+            " last_seen = greatest(meters.last_seen, EXCLUDED.last_seen)",
+            [
+                (site_id, m.id, m.role.value, m.measures, list(m.racks), seen, seen)
+                for m in sorted(inventory.meters, key=lambda m: m.id)
+            ],
+        )
