@@ -1,0 +1,47 @@
+"""Scheduler settings, from ``JINSUAN_SCHED_<NAME>`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Weights(BaseModel):
+    """How much each score term counts when choosing among sites that can take a job.
+
+    Each term is in [0, 1]: ``price`` is the cheapest candidate's price over this site's,
+    ``pue`` is 1/PUE over the last 24 h, ``load`` is the pool's free fraction after placing,
+    ``locality`` is 1 in a preferred city.
+    """
+
+    price: float = Field(default=1.0, ge=0)
+    pue: float = Field(default=1.0, ge=0)
+    load: float = Field(default=0.5, ge=0)
+    locality: float = Field(default=2.0, ge=0)
+
+
+class SchedulerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JINSUAN_SCHED_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    cycle_every_s: float = Field(default=2.0, gt=0)
+    lease_ttl_s: float = Field(default=60.0, gt=0, description="A lease lasts this long unrenewed.")
+    site_stale_s: float = Field(
+        default=180.0, gt=0, description="A site not heard from for this long gets nothing new."
+    )
+    weights: Weights = Field(default_factory=Weights)
+    ageing_per_hour: float = Field(
+        default=10.0, ge=0, description="Priority points a queued job gains per hour of waiting."
+    )
+    fair_window_h: float = Field(
+        default=24.0, gt=0, description="Recent usage counted in a tenant's share."
+    )
+    reserve_after_s: float = Field(
+        default=300.0, ge=0,
+        description="A job blocked this long reserves the pool where it will fit soonest.",
+    )
+    max_reservations: int = Field(default=16, ge=0)
+    lost_lease_allowance: int = Field(
+        default=3, ge=0, description="Tries beyond 1 + retries that lost leases may use."
+    )
+    retry_elsewhere_penalty: float = Field(default=100.0, ge=0)

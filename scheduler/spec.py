@@ -1,0 +1,66 @@
+"""The job spec a dispatcher submits (as YAML, JSON or CLI flags).
+
+``Constraints`` is the part placement reads; it is stored apart from the rest as canonical JSON
+so that the many jobs sharing one set of constraints are parsed and filtered once per cycle.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from jinsuan.leasewire import Payload
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@/-]+$")]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Constraints(_Spec):
+    """Where a job may run. Every field narrows the candidate sites; ``cities`` only prefers."""
+
+    models: tuple[str, ...] = Field(default=(), description="Accepted models; empty: any.")
+    vendor: str | None = None
+    domestic_only: bool = False
+    min_fp16_tflops: float | None = Field(default=None, gt=0, description="Per device.")
+    min_memory_gb: float | None = Field(default=None, gt=0, description="Per device.")
+    in_province_only: bool = Field(
+        default=True, description="Vouchers pay only for Shanxi compute, so this is the default."
+    )
+    cities: tuple[str, ...] = Field(default=(), description="Preferred cities (data locality).")
+    site: str | None = Field(default=None, description="Pinned site name.")
+    max_price: Decimal | None = Field(
+        default=None, ge=0, decimal_places=2, description="Yuan per accelerator-hour, at most."
+    )
+
+    @field_validator("models", "cities")
+    @classmethod
+    def _no_blank(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not v.strip() for v in values):
+            raise ValueError("must not contain blank names")
+        return values
+
+
+class JobSpec(_Spec):
+    tenant: Name | None = Field(default=None, description="Defaults to the dispatcher's tenant.")
+    project: Name
+    name: str = Field(default="", max_length=256)
+    tasks: int = Field(default=1, ge=1, le=4096)
+    accelerators_per_task: int = Field(default=1, ge=1, le=64)
+    constraints: Constraints = Field(default_factory=Constraints)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    max_runtime_s: int | None = Field(default=None, gt=0)
+    retries: int = Field(default=0, ge=0, le=100)
+    payload: Payload
+
+    @property
+    def accelerators(self) -> int:
+        return self.tasks * self.accelerators_per_task
+
+    def constraints_key(self) -> str:
+        """Canonical JSON of the constraints: equal constraints give equal keys."""
+        return self.constraints.model_dump_json()
