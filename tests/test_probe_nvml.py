@@ -179,6 +179,7 @@ def test_inventory_describes_each_gpu():
     assert h100.sm_clock_max_mhz == gpus[0].max_clocks_mhz[pynvml.NVML_CLOCK_SM]
     assert h100.sm_count == 132  # 16896 CUDA cores / 128 FP32 lanes per Hopper SM
     assert a100.sm_count == 108  # 6912 / 64 on GA100
+    assert (h100.compute_capability, a100.compute_capability) == ((9, 0), (8, 0))
 
 
 def test_sm_count_needs_a_known_architecture():

@@ -446,6 +446,7 @@ class NvmlProbe:
                 memory_total_bytes=gpu.memory_total_bytes,
                 sm_count=gpu.sm_count,
                 sm_clock_max_mhz=gpu.sm_clock_max_mhz,
+                compute_capability=gpu.compute_capability,
             )
         )
 
