@@ -1,0 +1,80 @@
+"""The platform's background jobs: hourly rollups and the upkeep of raw-sample partitions.
+
+Every platform process runs them; the rollup takes a PostgreSQL advisory lock so that only
+one process computes at a time (the others skip that tick), and partition upkeep is
+idempotent and serialised by its own lock in :mod:`jinsuan.store.partitions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from collectors.rollup import run_rollups
+from jinsuan.platform import Platform
+from jinsuan.store import Database
+
+log = logging.getLogger(__name__)
+
+PARTITIONS_AHEAD_DAYS = 2
+
+
+class BackgroundJobs(BackgroundScheduler):
+    """A scheduler that also tells a running rollup to stop between two hours at shutdown,
+    so that ``shutdown(wait=True)`` does not wait for a long catch-up to finish (each hour
+    is committed on its own; the next start carries on from the watermark)."""
+
+    def __init__(self) -> None:
+        super().__init__(timezone=UTC)
+        self.stopping = threading.Event()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.stopping.set()
+        super().shutdown(wait=wait)
+
+
+def maintain_partitions(db: Database, retention_days: int, today: datetime | None = None) -> None:
+    """Create today's and the next days' sample partitions; drop those past retention."""
+    day = (today or datetime.now(UTC)).date()
+    with db.pool.connection() as conn:
+        db.partitions.ensure(conn, [day + timedelta(days=d)
+                                    for d in range(PARTITIONS_AHEAD_DAYS + 1)])
+        dropped = db.partitions.apply_retention(conn, retention_days, day)
+    if dropped:
+        log.info("retention: dropped raw-sample partitions %s", ", ".join(dropped))
+
+
+def start_background_jobs(platform: Platform) -> BackgroundScheduler:
+    """Start the rollup (every ``rollup_every_s``) and partition upkeep (hourly); both also
+    run right away. Call ``.shutdown(wait=True)`` on the result at exit."""
+    settings, db = platform.settings, platform.db
+    jobs = BackgroundJobs()
+    now = datetime.now(UTC)
+    jobs.add_job(
+        maintain_partitions,
+        "interval",
+        hours=1,
+        args=(db, settings.retention_days),
+        id="partitions",
+        next_run_time=now,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    jobs.add_job(
+        run_rollups,
+        "interval",
+        seconds=settings.rollup_every_s,
+        args=(db, settings),
+        kwargs={"stop": jobs.stopping},
+        id="rollup",
+        next_run_time=now,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    jobs.start()
+    return jobs
