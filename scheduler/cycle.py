@@ -1,0 +1,149 @@
+"""The placement cycle: expire lost leases, snapshot, decide, commit — the acting half.
+
+**No overcommit, even with several platform processes.** Deciding happens outside any lock, on a
+snapshot that may be stale by the time it is committed. The commit therefore takes a row lock on
+every site it places on (in site-id order, so two cycles cannot deadlock), then re-reads what
+the live runs hold at those sites — after the lock, so it sees every run a concurrent cycle
+committed — and keeps a placement only if the pool still has room. It then locks the job rows
+(in id order) and keeps only those still queued, so a job placed by another process at the same
+time is skipped. Everything a cycle places is committed in one transaction, or nothing is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from scheduler.config import SchedulerConfig
+from scheduler.jobs import move_run, new_run_id, requeue_or_fail
+from scheduler.placement import Decisions, Placement, Snapshot, place
+from scheduler.snapshot import load_snapshot
+from scheduler.states import JobState, RunState, transition
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    placed: int
+    dropped: int  # decided but refused at commit (capacity or the job taken meanwhile)
+    expired: int
+    queued: int
+    seconds: float
+
+
+def expire_leases(conn: psycopg.Connection, now: datetime, cfg: SchedulerConfig,
+                  *, site_id: int | None = None) -> int:
+    """Runs whose lease lapsed are lost; their jobs go back to the queue (the try was counted
+    when the run was placed). Returns how many runs expired."""
+    expired = 0
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT id, job_id, state FROM runs WHERE state IN ('placed', 'leased', 'running')"
+            " AND lease_expires_at < %s AND (%s::bigint IS NULL OR site_id = %s)"
+            " ORDER BY job_id FOR UPDATE SKIP LOCKED",
+            (now, site_id, site_id),
+        ).fetchall()
+        for run_id, job_id, state in rows:
+            expire_run(conn, run_id, job_id, RunState(state), now, cfg)
+            expired += 1
+    return expired
+
+
+def expire_run(conn: psycopg.Connection, run_id: str, job_id: str, state: RunState,
+               now: datetime, cfg: SchedulerConfig) -> None:
+    """Mark a locked live run lost and re-queue its job if the run is still the job's."""
+    move_run(conn, run_id, state, RunState.LOST, now, ended_at=now, end_reason="lease expired")
+    job = conn.execute("SELECT state, current_run_id FROM jobs WHERE id = %s FOR UPDATE",
+                       (job_id,)).fetchone()
+    if job[1] == run_id and JobState(job[0]) in (JobState.PLACED, JobState.LEASED,
+                                                 JobState.RUNNING):
+        requeue_or_fail(conn, job_id, JobState(job[0]), run_id, now, lost=True,
+                        reason=f"lease of {run_id} expired", cfg=cfg)
+
+
+def commit_decisions(conn: psycopg.Connection, snapshot: Snapshot, decisions: Decisions,
+                     cfg: SchedulerConfig, now: datetime) -> list[Placement]:
+    """Commit placements in one transaction, re-checking capacity under site locks."""
+    healthy = {(s.id, model): pool.healthy for s in snapshot.sites
+               for model, pool in s.pools.items()}
+    transition(JobState.QUEUED, JobState.PLACED)  # the only move a cycle makes
+    with conn.transaction():
+        site_ids = sorted({p.site_id for p in decisions.placements})
+        conn.execute("SELECT id FROM sites WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                     (site_ids,))
+        held = {
+            (site_id, model): int(n)
+            for site_id, model, n in conn.execute(
+                "SELECT site_id, model, sum(accelerators) FROM runs WHERE site_id = ANY(%s)"
+                " AND state IN ('placed', 'leased', 'running') GROUP BY site_id, model",
+                (site_ids,))
+        }
+        wanted = sorted(p.job_id for p in decisions.placements)
+        queued = {
+            row[0] for row in conn.execute(
+                "SELECT id FROM jobs WHERE id = ANY(%s) AND state = 'queued'"
+                " ORDER BY id FOR UPDATE", (wanted,))
+        }
+        kept: list[Placement] = []
+        for p in decisions.placements:
+            key = (p.site_id, p.model)
+            if p.job_id not in queued or held.get(key, 0) + p.accelerators > healthy.get(key, 0):
+                continue
+            held[key] = held.get(key, 0) + p.accelerators
+            kept.append(p)
+        _insert_runs(conn, kept, now, cfg)
+        conn.execute("DELETE FROM pool_reservations")
+        if decisions.reservations:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO pool_reservations (site_id, model, job_id, expected_start,"
+                    " made_at) VALUES (%s, %s, %s, %s, %s)",
+                    [(r.site_id, r.model, r.job_id, r.expected_start, now)
+                     for r in decisions.reservations])
+    return kept
+
+
+def _insert_runs(conn: psycopg.Connection, kept: list[Placement], now: datetime,
+                 cfg: SchedulerConfig) -> None:
+    if not kept:
+        return
+    run_ids = [new_run_id() for _ in kept]
+    job_ids = [p.job_id for p in kept]
+    expires = now + timedelta(seconds=cfg.lease_ttl_s)
+    conn.execute(
+        "UPDATE jobs j SET state = 'placed', state_changed_at = %s, tries = j.tries + 1,"
+        " current_run_id = u.run_id FROM unnest(%s::text[], %s::text[]) AS u(job_id, run_id)"
+        " WHERE j.id = u.job_id",
+        (now, job_ids, run_ids),
+    )
+    conn.execute(
+        "INSERT INTO runs (id, job_id, attempt, site_id, model, accelerators, fencing_token,"
+        " state, lease_expires_at, placed_at)"
+        " SELECT u.run_id, u.job_id, j.tries, u.site_id, u.model, u.n, nextval('fencing_tokens'),"
+        " 'placed', %s, %s"
+        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[])"
+        "  AS u(run_id, job_id, site_id, model, n) JOIN jobs j ON j.id = u.job_id",
+        (expires, now, run_ids, job_ids, [p.site_id for p in kept], [p.model for p in kept],
+         [p.accelerators for p in kept]),
+    )
+    conn.execute(
+        "INSERT INTO job_transitions (job_id, run_id, from_state, to_state, at, reason)"
+        " SELECT u.job_id, u.run_id, 'queued', 'placed', %s, 'placed at ' || s.name"
+        " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(job_id, run_id, site_id)"
+        " JOIN sites s ON s.id = u.site_id",
+        (now, job_ids, run_ids, [p.site_id for p in kept]),
+    )
+
+
+def run_cycle(conn: psycopg.Connection, cfg: SchedulerConfig,
+              now: datetime | None = None) -> CycleResult:
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    expired = expire_leases(conn, now, cfg)
+    snapshot = load_snapshot(conn, cfg, now)
+    decisions = place(snapshot, cfg)
+    kept = commit_decisions(conn, snapshot, decisions, cfg, now)
+    return CycleResult(len(kept), len(decisions.placements) - len(kept), expired,
+                       len(snapshot.jobs), time.perf_counter() - started)

@@ -1,0 +1,457 @@
+"""Placement: a pure function from a snapshot (queue, sites, shares) to decisions.
+
+Nothing here reads the database or the clock; ``scheduler.snapshot`` builds the input and
+``scheduler.cycle`` commits the output. The same filters answer "why is this job not placed?"
+(:func:`explain`), so the answer is exactly the rule that decided.
+
+**Filters, in order** (the first that fails is the reason given for a site): the site is healthy
+(its agent reported recently) and has an executor; the pinned site; in-province; then per pool
+(the accelerators of one model at the site): model, vendor, domestic, FP16 TFLOPS, memory, a
+price is set, price within the job's maximum, the pool is big enough for the whole gang, enough
+of it is free now, it is not reserved for a waiting gang job.
+
+**Scores** (weights in ``SchedulerConfig.weights``): price (cheapest candidate / this price),
+energy (1 / the site's PUE over the last 24 h; unknown PUE scores as 1.5), load balance (the
+pool's free fraction after placing), locality (1 in a preferred city). A retry avoids the sites
+where earlier runs of the job failed or were lost, unless no other site fits.
+
+**Order: weighted dominant-resource fair share, then priority with ageing.** Each model pool
+across the province is one resource. A tenant's share of a resource is what it runs now plus its
+average use over the recent window, over the healthy capacity of that model; its dominant share
+is its largest, divided by its weight. The tenant with the lowest dominant share places its next
+job first, its share grows, and so on (Ghodsi et al., DRF). Within a tenant, jobs go by
+``priority + ageing_per_hour × hours waited`` so a low-priority job's turn comes eventually.
+
+**Gang jobs are not starved by small ones (reservation with backfill).** Capacity frees one
+accelerator at a time, and a stream of 1-accelerator jobs would take each as it frees, so a
+16-accelerator gang could wait forever. A multi-accelerator job blocked for ``reserve_after_s``
+reserves the pool (among those big enough) where it will fit soonest, judged from the live runs'
+expected ends (start + max runtime). While reserved, that pool takes no other job, except a
+backfill: a job with a max runtime that ends before the reservation's expected start (EASY backfill,
+as in Slurm's backfill scheduler). At most one reservation per pool; reservations are recomputed
+every cycle, so they follow the fair-share order, and at most ``max_reservations`` are held at once
+so that reservations cannot idle the province.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from scheduler.config import SchedulerConfig
+from scheduler.spec import Constraints
+
+UNKNOWN_PUE = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    vendor: str
+    domestic: bool
+    fp16_tflops: float | None  # the pool's lowest nameplate figure
+    memory_gb: float | None  # the pool's smallest device memory
+
+
+@dataclass(slots=True)
+class Pool:
+    """The accelerators of one model at one site."""
+
+    model: str
+    info: ModelInfo
+    healthy: int  # connected and healthy now
+    reserved: int  # held by the site's live runs
+    price: Decimal | None
+    # Live runs' expected ends (None when a run has no max runtime) and their sizes.
+    releases: list[tuple[datetime | None, int]] = field(default_factory=list)
+
+    @property
+    def free(self) -> int:
+        return self.healthy - self.reserved
+
+
+@dataclass(slots=True)
+class SiteView:
+    id: int
+    name: str
+    city: str
+    in_province: bool
+    executor: str | None
+    reporting: bool  # its agent reported within the staleness limit
+    pue: float | None  # Σ facility / Σ IT over the last 24 h
+    pools: dict[str, Pool]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    id: str
+    tenant: str
+    priority: int
+    submitted_at: datetime
+    tasks: int
+    accelerators_per_task: int
+    max_runtime_s: int | None
+    constraints: Constraints
+    constraints_key: str
+    avoid_sites: frozenset[int] = frozenset()
+
+    @property
+    def need(self) -> int:
+        return self.tasks * self.accelerators_per_task
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    weight: float = 1.0
+    running: dict[str, int] = field(default_factory=dict)  # accelerators by model, now
+    recent_hours: dict[str, float] = field(default_factory=dict)  # accelerator-hours by model
+
+
+@dataclass(slots=True)
+class Snapshot:
+    now: datetime
+    jobs: list[QueuedJob]
+    sites: list[SiteView]
+    tenants: dict[str, TenantUsage]
+    # Reservations the last cycle made, for explain(); place() makes its own.
+    reservations: dict[tuple[int, str], Reservation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    job_id: str
+    site_id: int
+    model: str
+    accelerators: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    job_id: str
+    site_id: int
+    model: str
+    expected_start: datetime | None  # None: some blocking run has no max runtime
+
+
+@dataclass(slots=True)
+class Decisions:
+    placements: list[Placement]
+    reservations: list[Reservation]
+    considered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a job can or cannot go to one site: ``constraint`` names the first rule that failed."""
+
+    site_id: int
+    site: str
+    constraint: str  # "fits" when nothing ruled the site out
+    reason: str
+
+
+# ---- filters -----------------------------------------------------------------------------------
+
+def _site_rejection(site: SiteView, c: Constraints) -> tuple[str, str] | None:
+    if not site.reporting:
+        return "site_unhealthy", "its agent has not reported recently"
+    if site.executor is None:
+        return "no_executor", "no executor is registered for the site"
+    if c.site is not None and c.site != site.name:
+        return "pinned", f"the job is pinned to site {c.site!r}"
+    if c.in_province_only and not site.in_province:
+        return "out_of_province", "the site is outside Shanxi and the job is in-province only"
+    return None
+
+
+# Pool rules in filter order; explain() reports the rule reached by the pool that got furthest.
+_POOL_RULES = ("model", "vendor", "domestic", "fp16", "memory", "no_price", "over_price")
+
+
+def _pool_rejection(pool: Pool, c: Constraints) -> tuple[str, str] | None:
+    info = pool.info
+    if c.models and pool.model not in c.models:
+        return "model", f"no accelerator of model {', '.join(c.models)}"
+    if c.vendor is not None and info.vendor.lower() != c.vendor.lower():
+        return "vendor", f"no accelerator from vendor {c.vendor}"
+    if c.domestic_only and not info.domestic:
+        return "domestic", "no domestic accelerator"
+    if c.min_fp16_tflops is not None and (info.fp16_tflops or 0) < c.min_fp16_tflops:
+        return "fp16", f"no accelerator with ≥ {c.min_fp16_tflops:g} FP16 TFLOPS"
+    if c.min_memory_gb is not None and (info.memory_gb or 0) < c.min_memory_gb:
+        return "memory", f"no accelerator with ≥ {c.min_memory_gb:g} GB memory"
+    if pool.price is None:
+        return "no_price", f"the site sets no price for {pool.model}"
+    if c.max_price is not None and pool.price > c.max_price:
+        return "over_price", (f"{pool.model} costs {pool.price} yuan/accelerator-hour,"
+                              f" over the job's {c.max_price}")
+    return None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    site: SiteView
+    pool: Pool
+    static_score: float  # price, energy and locality terms; load is added per job
+
+
+def _candidates(sites: Iterable[SiteView], c: Constraints, cfg: SchedulerConfig
+                ) -> list[_Candidate]:
+    """The pools that pass every static filter for these constraints, with their fixed score."""
+    passing = [
+        (site, pool)
+        for site in sites if _site_rejection(site, c) is None
+        for pool in site.pools.values() if _pool_rejection(pool, c) is None
+    ]
+    if not passing:
+        return []
+    w = cfg.weights
+    cheapest = min(pool.price for _, pool in passing if pool.price is not None)
+    out = []
+    for site, pool in passing:
+        assert pool.price is not None
+        price_term = 1.0 if pool.price == 0 else float(cheapest / pool.price)
+        energy_term = 1.0 / max(site.pue or UNKNOWN_PUE, 1.0)
+        local_term = 1.0 if site.city in c.cities else 0.0
+        out.append(_Candidate(site, pool, w.price * price_term + w.pue * energy_term
+                              + w.locality * local_term))
+    return out
+
+
+# ---- fair share --------------------------------------------------------------------------------
+
+def capacity_by_model(sites: Iterable[SiteView]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for site in sites:
+        if not site.reporting:
+            continue
+        for pool in site.pools.values():
+            total[pool.model] = total.get(pool.model, 0) + pool.healthy
+    return total
+
+
+class _Shares:
+    """Each tenant's weighted dominant share, updated as the cycle places jobs."""
+
+    def __init__(self, tenants: dict[str, TenantUsage], capacity: dict[str, int],
+                 window_h: float) -> None:
+        self._tenants = tenants
+        self._capacity = capacity
+        self._use: dict[str, dict[str, float]] = {}
+        for name, usage in tenants.items():
+            use = {m: float(n) for m, n in usage.running.items()}
+            for model, hours in usage.recent_hours.items():
+                use[model] = use.get(model, 0.0) + hours / window_h
+            self._use[name] = use
+
+    def weight(self, tenant: str) -> float:
+        usage = self._tenants.get(tenant)
+        return usage.weight if usage is not None else 1.0
+
+    def dominant(self, tenant: str) -> float:
+        use = self._use.get(tenant, {})
+        share = max((n / self._capacity[m] for m, n in use.items() if self._capacity.get(m)),
+                    default=0.0)
+        return share / self.weight(tenant)
+
+    def add(self, tenant: str, model: str, accelerators: int) -> None:
+        use = self._use.setdefault(tenant, {})
+        use[model] = use.get(model, 0.0) + accelerators
+
+    def entitlement(self, tenant: str, active: Iterable[str]) -> float:
+        """The tenant's fair dominant share among ``active`` tenants, before its weight."""
+        total = sum(self.weight(t) for t in set(active) | {tenant})
+        return 1.0 / total
+
+
+def effective_priority(job: QueuedJob, now: datetime, ageing_per_hour: float) -> float:
+    waited_h = max((now - job.submitted_at).total_seconds(), 0.0) / 3600
+    return job.priority + ageing_per_hour * waited_h
+
+
+# ---- reservation -------------------------------------------------------------------------------
+
+def _expected_start(pool: Pool, need: int, now: datetime) -> datetime | None:
+    """When ``need`` accelerators of the pool are expected free, from the live runs' ends."""
+    free = pool.free
+    if free >= need:
+        return now
+    for end, size in sorted(pool.releases, key=lambda r: (r[0] is None, r[0] or now)):
+        if end is None:
+            return None
+        free += size
+        if free >= need:
+            return max(end, now)
+    return None
+
+
+def _backfills(job: QueuedJob, held: Reservation, now: datetime) -> bool:
+    if job.max_runtime_s is None or held.expected_start is None:
+        return False
+    return now + timedelta(seconds=job.max_runtime_s) <= held.expected_start
+
+
+# ---- the decision ------------------------------------------------------------------------------
+
+def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
+    """Decide where queued jobs go. Mutates the snapshot's pools (``reserved`` grows)."""
+    now = snapshot.now
+    shares = _Shares(snapshot.tenants, capacity_by_model(snapshot.sites), cfg.fair_window_h)
+    queues: dict[str, list[QueuedJob]] = {}
+    for job in snapshot.jobs:
+        queues.setdefault(job.tenant, []).append(job)
+    for queue in queues.values():
+        queue.sort(key=lambda j: (-effective_priority(j, now, cfg.ageing_per_hour),
+                                  j.submitted_at, j.id))
+    heap = [(shares.dominant(t), t) for t in queues]
+    heapq.heapify(heap)
+    position = dict.fromkeys(queues, 0)
+
+    candidates: dict[str, list[_Candidate]] = {}
+    smallest_failure: dict[str, int] = {}  # per constraints: a need that found no room
+    held: dict[tuple[int, str], Reservation] = {}
+    placements: list[Placement] = []
+    considered = 0
+    reserve_before = now - timedelta(seconds=cfg.reserve_after_s)
+
+    while heap:
+        _, tenant = heapq.heappop(heap)
+        queue = position[tenant]
+        jobs = queues[tenant]
+        while queue < len(jobs):
+            job = jobs[queue]
+            queue += 1
+            considered += 1
+            key = job.constraints_key
+            failed_at = smallest_failure.get(key)
+            if failed_at is not None and job.need >= failed_at:
+                continue  # capacity only shrinks within a cycle: this cannot fit either
+            if key not in candidates:
+                candidates[key] = _candidates(snapshot.sites, job.constraints, cfg)
+            chosen, blocked_by_hold = _choose(job, candidates[key], held, cfg, now)
+            if chosen is None:
+                if not blocked_by_hold:
+                    smallest_failure[key] = min(job.need, failed_at or job.need)
+                if (job.need > 1 and job.submitted_at <= reserve_before
+                        and len(held) < cfg.max_reservations):
+                    _reserve(job, candidates[key], held, now)
+                continue
+            chosen.pool.reserved += job.need
+            shares.add(tenant, chosen.pool.model, job.need)
+            placements.append(Placement(job.id, chosen.site.id, chosen.pool.model, job.need,
+                                        _score(job, chosen, cfg)))
+            if queue < len(jobs):
+                heapq.heappush(heap, (shares.dominant(tenant), tenant))
+            break
+        position[tenant] = queue
+    return Decisions(placements, list(held.values()), considered)
+
+
+def _score(job: QueuedJob, cand: _Candidate, cfg: SchedulerConfig) -> float:
+    pool = cand.pool
+    load_term = (pool.free - job.need) / pool.healthy if pool.healthy else 0.0
+    score = cand.static_score + cfg.weights.load * load_term
+    if cand.site.id in job.avoid_sites:
+        score -= cfg.retry_elsewhere_penalty
+    return score
+
+
+def _choose(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str], Reservation],
+            cfg: SchedulerConfig, now: datetime) -> tuple[_Candidate | None, bool]:
+    best: _Candidate | None = None
+    best_score = 0.0
+    blocked_by_hold = False
+    need = job.need
+    for cand in cands:
+        pool = cand.pool
+        if pool.free < need:
+            continue
+        hold = held.get((cand.site.id, pool.model))
+        if hold is not None and hold.job_id != job.id and not _backfills(job, hold, now):
+            blocked_by_hold = True
+            continue
+        score = _score(job, cand, cfg)
+        if best is None or score > best_score:
+            best, best_score = cand, score
+    return best, blocked_by_hold
+
+
+def _reserve(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str], Reservation],
+             now: datetime) -> None:
+    """Hold the pool where the blocked job is expected to fit soonest, if one is free to hold."""
+    best: tuple[datetime, int, str] | None = None
+    for cand in cands:
+        key = (cand.site.id, cand.pool.model)
+        if key in held or cand.pool.healthy < job.need:
+            continue
+        start = _expected_start(cand.pool, job.need, now)
+        if start is None:
+            start = datetime.max.replace(tzinfo=now.tzinfo)
+        if best is None or (start, cand.site.id) < best[:2]:
+            best = (start, cand.site.id, cand.pool.model)
+    if best is not None:
+        start, site_id, model = best
+        known = None if start.year == datetime.max.year else start
+        held[(site_id, model)] = Reservation(job.id, site_id, model, known)
+
+
+# ---- why not placed ----------------------------------------------------------------------------
+
+def explain(job: QueuedJob, snapshot: Snapshot, cfg: SchedulerConfig) -> list[Verdict]:
+    """For each site, the first rule that rules this job out there, or "fits"."""
+    c = job.constraints
+    shares = _Shares(snapshot.tenants, capacity_by_model(snapshot.sites), cfg.fair_window_h)
+    waiting = {j.tenant for j in snapshot.jobs} | set(snapshot.tenants)
+    over_share = shares.dominant(job.tenant) > shares.entitlement(job.tenant, waiting)
+    verdicts = []
+    for site in snapshot.sites:
+        rejected = _site_rejection(site, c)
+        if rejected is None:
+            rejected = _pool_verdict(job, site, snapshot, over_share)
+        constraint, reason = rejected or ("fits", "eligible now; expect placement next cycle")
+        verdicts.append(Verdict(site.id, site.name, constraint, reason))
+    return verdicts
+
+
+def _pool_verdict(job: QueuedJob, site: SiteView, snapshot: Snapshot, over_share: bool
+                  ) -> tuple[str, str] | None:
+    c = job.constraints
+    if not site.pools:
+        return "model", "no healthy accelerators reported"
+    furthest: tuple[int, tuple[str, str]] | None = None
+    depth = len(_POOL_RULES)
+    for pool in site.pools.values():
+        rejected = _pool_rejection(pool, c)
+        if rejected is None:
+            rejected = _capacity_verdict(job, site, pool, snapshot, over_share)
+            if rejected is None:
+                return None
+            rank = depth + ("too_small", "no_capacity", "over_share", "reserved").index(
+                rejected[0])
+        else:
+            rank = _POOL_RULES.index(rejected[0])
+        if furthest is None or rank > furthest[0]:
+            furthest = (rank, rejected)
+    assert furthest is not None
+    return furthest[1]
+
+
+def _capacity_verdict(job: QueuedJob, site: SiteView, pool: Pool, snapshot: Snapshot,
+                      over_share: bool) -> tuple[str, str] | None:
+    need = job.need
+    if pool.healthy < need:
+        return "too_small", (f"the gang needs {need} × {pool.model} at one site;"
+                             f" the site has {pool.healthy} healthy")
+    if pool.free < need:
+        if over_share:
+            return "over_share", (f"{pool.free} of {pool.healthy} {pool.model} free, {need}"
+                                  f" needed; tenant {job.tenant} is over its fair share, so"
+                                  " other tenants' jobs go first")
+        return "no_capacity", f"{pool.free} of {pool.healthy} {pool.model} free, {need} needed"
+    hold = snapshot.reservations.get((site.id, pool.model))
+    if hold is not None and hold.job_id != job.id and not _backfills(job, hold, snapshot.now):
+        return "reserved", f"{pool.model} here is held for waiting gang job {hold.job_id}"
+    return None

@@ -1,0 +1,78 @@
+"""Simulated sites for the demo, the benchmark and tests: what an enrolled, reporting agent
+would have left in the store (agent, accelerator inventory, ``accelerator_up`` samples), plus
+the site's executor and prices. Real reports go through the intake; this writes the same rows
+directly so hundreds of sites can be set up in a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+
+from jinsuan.signing import new_private_key, public_key_b64
+from jinsuan.sites import ensure_enterprise
+from jinsuan.store.partitions import Partitions
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    model: str
+    count: int
+    price: Decimal | None
+    vendor: str = "NVIDIA"
+    domestic: bool = False
+    fp16_tflops: float = 312.0
+    memory_gb: float = 80.0
+
+
+def seed_site(conn: psycopg.Connection, partitions: Partitions, *, name: str, city: str,
+              pools: list[PoolSpec], now: datetime, public_key: str | None = None,
+              enterprise: str = "sim-enterprise", in_province: bool = True,
+              executor: str | None = "process") -> tuple[int, str]:
+    """Create a reporting site with its agent; return (site id, agent id)."""
+    with conn.transaction():
+        ent = ensure_enterprise(conn, enterprise)
+        site_id = conn.execute(
+            "INSERT INTO sites (enterprise_id, name, city, in_province, executor)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (ent, name, city, in_province, executor)).fetchone()[0]
+        agent_id = f"agt_sim_{site_id}"
+        key = public_key or public_key_b64(new_private_key())
+        conn.execute(
+            "INSERT INTO agents (id, site_id, public_key, hostname, last_report_at)"
+            " VALUES (%s, %s, %s, %s, %s)", (agent_id, site_id, key, f"{name}-agent", now))
+        devices = []
+        for pool in pools:
+            if pool.price is not None:
+                conn.execute(
+                    "INSERT INTO site_prices (site_id, model, yuan_per_accelerator_hour)"
+                    " VALUES (%s, %s, %s)", (site_id, pool.model, pool.price))
+            for i in range(pool.count):
+                uuid = f"{name}-{pool.model}-{i}"
+                devices.append(uuid)
+                conn.execute(
+                    "INSERT INTO accelerators (site_id, uuid, model, vendor, domestic,"
+                    " memory_total_bytes, fp16_tflops, first_seen, last_seen)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (site_id, uuid, pool.model, pool.vendor, pool.domestic,
+                     int(pool.memory_gb * 1e9), pool.fp16_tflops, now, now))
+        conn.execute(
+            "INSERT INTO series (site_id, metric, device)"
+            " SELECT %s, 'accelerator_up', d FROM unnest(%s::text[]) d", (site_id, devices))
+    report(conn, partitions, site_id, now)
+    return site_id, agent_id
+
+
+def report(conn: psycopg.Connection, partitions: Partitions, site_id: int, now: datetime,
+           *, up: float = 1.0) -> None:
+    """One heartbeat of the site's agent: every accelerator reports ``accelerator_up``."""
+    partitions.ensure(conn, [now.date()])
+    with conn.transaction():
+        conn.execute("UPDATE agents SET last_report_at = %s WHERE site_id = %s", (now, site_id))
+        conn.execute(
+            "INSERT INTO samples (ts, series_id, value) SELECT %s, id, %s FROM series"
+            " WHERE site_id = %s AND metric = 'accelerator_up'", (now, up, site_id))
+

@@ -1,0 +1,144 @@
+"""Read the placement input from the store: sites with live capacity, the queue, tenants' use.
+
+Live capacity of a pool (one model at one site) = its *connected* accelerators (the latest
+``accelerator_up`` sample within ``site_stale_s`` is 1, the definition ``collectors.state``
+uses) minus the accelerators held by the site's live runs (placed, leased, running). A site is
+*reporting* when one of its agents reported within ``site_stale_s``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+
+import psycopg
+
+from scheduler.config import SchedulerConfig
+from scheduler.placement import (
+    ModelInfo,
+    Pool,
+    QueuedJob,
+    Reservation,
+    SiteView,
+    Snapshot,
+    TenantUsage,
+)
+from scheduler.spec import Constraints
+
+_SITES = """
+SELECT s.id, s.name, s.city, s.in_province, s.executor,
+       coalesce((SELECT max(a.last_report_at) FROM agents a
+                 WHERE a.site_id = s.id AND a.revoked_at IS NULL) > %(fresh)s, false),
+       (SELECT sum(r.facility_kwh) / NULLIF(sum(r.it_kwh), 0) FROM rollup_site_hourly r
+        WHERE r.site_id = s.id AND r.hour >= %(day_ago)s)
+FROM sites s
+"""
+
+_POOLS = """
+SELECT a.site_id, a.model, min(a.vendor), bool_and(a.domestic), min(a.fp16_tflops),
+       min(a.memory_total_bytes), count(*)
+FROM accelerators a
+JOIN series s ON s.site_id = a.site_id AND s.metric = 'accelerator_up' AND s.device = a.uuid
+CROSS JOIN LATERAL (SELECT x.value FROM samples x WHERE x.series_id = s.id
+                    AND x.ts > %(fresh)s AND x.ts <= %(now)s ORDER BY x.ts DESC LIMIT 1) latest
+WHERE latest.value = 1
+GROUP BY a.site_id, a.model
+"""
+
+_LIVE_RUNS = """
+SELECT r.site_id, r.model, r.accelerators,
+       coalesce(r.started_at, r.leased_at, r.placed_at) + make_interval(secs => j.max_runtime_s)
+FROM runs r JOIN jobs j ON j.id = r.job_id
+WHERE r.state IN ('placed', 'leased', 'running')
+"""
+
+_QUEUE = """
+SELECT j.id, j.tenant, j.priority, j.submitted_at, j.tasks, j.accelerators_per_task,
+       j.max_runtime_s, j.constraints,
+       CASE WHEN j.tries > 0 THEN (SELECT array_agg(r.site_id) FROM runs r
+                                   WHERE r.job_id = j.id AND r.state IN ('failed', 'lost')) END
+FROM jobs j WHERE j.state = 'queued'
+"""
+
+_TENANTS = """
+SELECT j.tenant, r.model, sum(r.accelerators)::float8, 'running'
+FROM runs r JOIN jobs j ON j.id = r.job_id
+WHERE r.state IN ('placed', 'leased', 'running')
+GROUP BY j.tenant, r.model
+UNION ALL
+SELECT u.tenant, u.model, sum(u.accelerator_hours)::float8, 'recent'
+FROM usage_records u WHERE u.ended_at > %(window)s
+GROUP BY u.tenant, u.model
+"""
+
+
+@lru_cache(maxsize=4096)
+def parse_constraints(text: str) -> Constraints:
+    """Jobs from one template share constraints: each distinct text is parsed once."""
+    return Constraints.model_validate_json(text)
+
+
+def load_sites(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> list[SiteView]:
+    fresh = now - timedelta(seconds=cfg.site_stale_s)
+    params = {"fresh": fresh, "now": now, "day_ago": now - timedelta(hours=24)}
+    sites = {
+        row[0]: SiteView(row[0], row[1], row[2], row[3], row[4], row[5],
+                         float(row[6]) if row[6] is not None else None, {})
+        for row in conn.execute(_SITES, params)
+    }
+    prices: dict[tuple[int, str], Decimal] = {
+        (site_id, model): price
+        for site_id, model, price in conn.execute(
+            "SELECT site_id, model, yuan_per_accelerator_hour FROM site_prices")
+    }
+    for site_id, model, vendor, domestic, tflops, memory, count in conn.execute(_POOLS, params):
+        info = ModelInfo(vendor, domestic, tflops, memory / 1e9 if memory else None)
+        sites[site_id].pools[model] = Pool(model, info, count, 0, prices.get((site_id, model)))
+    for site_id, model, accelerators, ends in conn.execute(_LIVE_RUNS):
+        site = sites[site_id]
+        pool = site.pools.get(model)
+        if pool is None:  # the model's devices went away: keep the hold visible as a 0-size pool
+            pool = site.pools[model] = Pool(model, ModelInfo("", False, None, None), 0, 0,
+                                            prices.get((site_id, model)))
+        pool.reserved += accelerators
+        pool.releases.append((ends, accelerators))
+    return list(sites.values())
+
+
+def load_queue(conn: psycopg.Connection, job_id: str | None = None) -> list[QueuedJob]:
+    sql, params = _QUEUE, ()
+    if job_id is not None:
+        sql, params = _QUEUE + " AND j.id = %s", (job_id,)
+    return [
+        QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                  parse_constraints(row[7]), row[7], frozenset(row[8] or ()))
+        for row in conn.execute(sql, params)
+    ]
+
+
+def load_tenants(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime
+                 ) -> dict[str, TenantUsage]:
+    tenants: dict[str, TenantUsage] = {
+        name: TenantUsage(float(weight))
+        for name, weight in conn.execute("SELECT tenant, weight FROM tenant_shares")
+    }
+    window = now - timedelta(hours=cfg.fair_window_h)
+    for tenant, model, amount, kind in conn.execute(_TENANTS, {"window": window}):
+        usage = tenants.setdefault(tenant, TenantUsage())
+        target = usage.running if kind == "running" else usage.recent_hours
+        target[model] = target.get(model, 0) + (int(amount) if kind == "running" else amount)
+    return tenants
+
+
+def load_reservations(conn: psycopg.Connection) -> dict[tuple[int, str], Reservation]:
+    return {
+        (site_id, model): Reservation(job_id, site_id, model, start)
+        for site_id, model, job_id, start in conn.execute(
+            "SELECT site_id, model, job_id, expected_start FROM pool_reservations")
+    }
+
+
+def load_snapshot(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> Snapshot:
+    return Snapshot(now, load_queue(conn), load_sites(conn, cfg, now),
+                    load_tenants(conn, cfg, now), load_reservations(conn))
