@@ -19,7 +19,6 @@ import gzip
 import json
 import os
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -257,7 +256,7 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 class JournalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    journal: Path
+    path: Path
     devices: int = Field(default=4, ge=1)
 
 
@@ -274,7 +273,7 @@ class JournalProbe:
         unix_ms = round(now.timestamp() * 1000)
         points = [Point("accelerator_power_watts", uuid, float(unix_ms % 997 + i))
                   for i, uuid in enumerate(self._uuids)]
-        with open(self.config.journal, "a", encoding="utf-8") as journal:
+        with open(self.config.path, "a", encoding="utf-8") as journal:
             journal.write(json.dumps([[p.metric, p.device, unix_ms, p.value] for p in points])
                           + "\n")
             journal.flush()
@@ -292,5 +291,25 @@ def journal_samples(path: Path) -> list[list[tuple[str, str, int, float]]]:
             for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def counted(samples: list[tuple[str, str, int, float]]) -> Counter[tuple[str, str, int, float]]:
-    return Counter(samples)
+class BrokenConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    library: str = "libnvidia-ml.so.1"
+
+
+class BrokenProbe:
+    """A probe whose library is missing on this host: its constructor fails, as NVML's would."""
+
+    name = "broken"
+
+    def __init__(self, config: BrokenConfig) -> None:
+        raise RuntimeError(f"cannot load {config.library}: no such file")
+
+    def read(self, now: datetime) -> Reading:
+        raise AssertionError("never started")
+
+
+TEST_KINDS = {
+    "journal": ("tests.agent_peers:JournalConfig", "tests.agent_peers:JournalProbe"),
+    "broken": ("tests.agent_peers:BrokenConfig", "tests.agent_peers:BrokenProbe"),
+}
