@@ -106,7 +106,7 @@ def router() -> APIRouter:
 
     @api.get("/healthz", dependencies=[public("liveness probe for load balancers")])
     def healthz(platform: PlatformDep) -> dict[str, str]:
-        with platform.db.pool.connection() as conn:
+        with platform.db.pool.connection(timeout=5) as conn:
             conn.execute("SELECT 1")
         return {"status": "ok"}
 
