@@ -15,6 +15,14 @@ from typing import Protocol
 from jinsuan.wire import AcceleratorInfo, MeterInfo
 
 
+class ProbeUnavailable(RuntimeError):
+    """The probe cannot run on this host: its library or tool is missing.
+
+    Raised at construction, never from ``read``; the agent refuses to start unless the
+    operator disables that probe in the config.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     """One value of one series at the cycle's time: ``metric`` is a name from jinsuan.metrics."""

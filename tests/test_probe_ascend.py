@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.probe import ProbeUnavailable
 from agents.probes.ascend import (
     AscendConfig,
     AscendProbe,
@@ -42,7 +43,6 @@ from agents.probes.ascend import (
     parse_common,
     parse_info,
 )
-from agents.probes.nvml import ProbeUnavailable
 from jinsuan.metrics import CATALOGUE
 
 DATA = Path(__file__).parent / "data" / "npu-smi"

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import pynvml
 import pytest
 
+from agents.probe import ProbeUnavailable
 from agents.probes.nvml import (
     GpuSample,
     NvmlConfig,
     NvmlProbe,
-    ProbeUnavailable,
     describe,
     main,
     sm_count_from_cores,

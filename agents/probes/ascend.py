@@ -30,8 +30,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.probe import Point, Reading
-from agents.probes.nvml import ProbeUnavailable
+from agents.probe import Point, ProbeUnavailable, Reading
 from jinsuan.wire import AcceleratorInfo, Ident
 
 VENDOR = "Huawei"

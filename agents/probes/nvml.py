@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.probe import Point, Reading
+from agents.probe import Point, ProbeUnavailable, Reading
 from jinsuan.accelerators import Fp16Peak, fp16_peak
 from jinsuan.wire import AcceleratorInfo, Ident
 
@@ -48,9 +48,6 @@ _FP32_LANES_PER_SM: dict[tuple[int, int], int] = {
     (9, 0): 128, (10, 0): 128, (12, 0): 128,
 }  # fmt: skip
 
-
-class ProbeUnavailable(RuntimeError):
-    """The probe cannot run on this host: its library or tool is missing."""
 
 
 class NvmlConfig(BaseModel):
