@@ -351,13 +351,15 @@ MODELS: tuple[ModelSpec, ...] = (
           "table: Mixed Precision (FP16/FP32) 65 TFLOPS (Turing has no sparsity mode)",
           "Tesla T4", "NVIDIA T4"),
     # --- Huawei Ascend -----------------------------------------------------------------------
-    _spec("Huawei Ascend 910", "Huawei", 256.0, 32,
+    # Named 910A: npu-smi on Atlas A3 hosts reports the newer dual-die chips as plain
+    # "Ascend910", which must not be counted at the original 910's figure.
+    _spec("Huawei Ascend 910A", "Huawei", 256.0, 32,
           "Huawei press release 'Huawei launches Ascend 910, the world's most powerful AI "
           "processor, and MindSpore, an all-scenario AI computing framework' (2019-08-23), "
           "https://www.huawei.com/en/news/2019/8/huawei-ascend-910-most-powerful-ai-processor: "
           "'For half-precision floating point (FP16) operations, Ascend 910 delivers 256 "
           "TeraFLOPS'. Applies to the original 910 (910A) only, not 910B or 910Pro variants",
-          "Ascend 910", "910A", "Ascend910A"),
+          "910A", "Ascend910A"),
     # --- Cambricon ---------------------------------------------------------------------------
     _spec("Cambricon MLU370-X8", "Cambricon", 96.0, 48,
           "Cambricon MLU370-X8 product page (思元370 MLU370-X8 智能加速卡), "

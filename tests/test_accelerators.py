@@ -71,8 +71,8 @@ def test_entry_names_are_unique_and_each_entry_finds_itself() -> None:
         ("NVIDIA A10", "NVIDIA A10"),
         ("NVIDIA A30", "NVIDIA A30"),
         ("NVIDIA A40", "NVIDIA A40"),
-        ("910A", "Huawei Ascend 910"),
-        ("Ascend910A", "Huawei Ascend 910"),
+        ("910A", "Huawei Ascend 910A"),
+        ("Ascend910A", "Huawei Ascend 910A"),
         ("MLU370-X8", "Cambricon MLU370-X8"),
     ],
 )
@@ -124,9 +124,11 @@ def test_models_without_a_sourced_figure_are_unknown(reported: str) -> None:
 
 
 def test_910b_is_not_mistaken_for_the_original_910() -> None:
-    assert lookup("910") is not None
+    assert lookup("910A") is not None
+    assert lookup("910") is None
     assert lookup("910B") is None
     assert lookup("Ascend 910B") is None
+    assert lookup("Ascend910") is None  # an A3 host's dual-die chip, not the original 910
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "--", "NVIDIA", "Huawei Ascend"])
