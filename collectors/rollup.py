@@ -137,16 +137,16 @@ def summarise(site_id: int, hour: datetime, window: Window) -> SiteHour:
     span = end - start
     tracks, inventory = window.tracks, window.inventory
 
+    reporting = {
+        device for (metric, device), track in tracks.items()
+        if metric in (POWER, ENERGY) and track.any_in(start, end)
+    }
     energy: dict[str, float | None] = {}
     coverage: dict[str, float] = {}
     for role in ("it", "facility"):
-        meters = set(inventory.meters_present)
-        meters.update(
-            device for (metric, device), track in tracks.items()
-            if metric in (POWER, ENERGY) and inventory.meter_roles.get(device) == role
-            and track.any_in(start, end)
-        )
-        meters = {m for m in meters if inventory.meter_roles.get(m) == role}
+        meters = {
+            m for m in inventory.meters_present | reporting if inventory.meter_roles.get(m) == role
+        }
         integrals = [_meter_energy(tracks, m, start, end) for m in sorted(meters)]
         measured = [i for i in integrals if i is not None and (i.joules > 0 or i.covered_s > 0)]
         energy[role] = sum(i.joules for i in measured) if measured else None
@@ -370,12 +370,16 @@ def run_rollups(
     (It needs a session-preserving path to PostgreSQL, not a transaction-pooling proxy.)
 
     ``now`` fixes the clock (tests); ``on_locked`` is called once the lock is held, before any
-    work; ``stop`` ends the run between two hours (shutdown). Hours older than the raw-data
-    retention are never recomputed: their samples may be gone.
+    work; ``stop`` ends the run between two hours (shutdown). Stored hours older than the
+    raw-data retention are never recomputed (their samples may be gone, and a recompute would
+    overwrite measured figures with an empty hour); their dirty marks are dropped.
     """
     now = datetime.now(UTC) if now is None else now
     closable = floor_hour(now - timedelta(seconds=settings.rollup_grace_s))
-    frozen_before = floor_hour(now) - timedelta(days=settings.retention_days - 1)
+    # Raw samples of days before this are dropped (Partitions.apply_retention); the first
+    # hour after it is the oldest whose whole window (margin included) is still stored.
+    today = floor_hour(now).replace(hour=0)
+    frozen_before = today - timedelta(days=settings.retention_days) + HOUR
     with psycopg.connect(db.url, autocommit=True, application_name="jinsuan-rollup") as conn:
         locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if not (locked and locked[0]):
@@ -494,7 +498,7 @@ class _SiteRoller:
     def _compute(self, hour: datetime, advance: bool) -> list[datetime]:
         """Compute and store one hour; return the stored hours to recompute if it was dirty."""
         dirty = self.marks.get(hour)
-        if hour < self.frozen_before:
+        if not advance and hour < self.frozen_before:
             log.warning("site %d: not recomputing %s, older than raw-data retention",
                         self.site_id, hour.isoformat())
             if dirty is not None:

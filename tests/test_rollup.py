@@ -7,6 +7,7 @@ data are seconds from the start of the hour under test.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -376,6 +377,38 @@ def test_rerun_is_idempotent(db, conn, settings) -> None:
     again = roll(db, settings, now=at(14, 300))
     assert again.hours == 5 and again.changed == 0
     assert all_rows(conn) == before
+
+
+def test_hours_past_raw_retention_are_not_recomputed(db, conn, settings) -> None:
+    site = Site(db, conn, "Jincheng-2")
+    site.meter("IT", "it")
+    site.points("meter_power_watts", "IT", H10, regular(-60, 3661, 60, 1000))
+    roll(db, settings, now=at(11, 300))
+    stored = site.row(H10)
+    assert stored["it_kwh"] == Decimal("1")
+
+    # On 12 March at 01:00 with one day of retention, only samples from 11 March on are kept:
+    # a late sample for 10 March must not make the rollup recompute hour 10 from what is left.
+    site.points("meter_power_watts", "IT", H10, [(1830, 5000)])
+    site.mark_dirty(H10)
+    short = settings.model_copy(update={"retention_days": 1})
+    later = run_rollups(db, short, now=at(2 * 24 + 1), holder="test")
+    # The watermark still advances over the closed hours 11:00 (10 March) .. 23:00 (11 March).
+    assert later.ran and later.hours == 2 * 24 - 11
+    assert site.row(H10) == stored
+    assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone()[0] == 0
+
+
+def test_a_stopped_run_keeps_its_place(db, conn, settings) -> None:
+    site = Site(db, conn, "Jinzhong-2")
+    site.meter("IT", "it")
+    site.points("meter_power_watts", "IT", H10, regular(0, 3600, 60, 1000))
+    stop = threading.Event()
+    stop.set()  # shutdown began before the first hour
+    halted = run_rollups(db, settings, now=at(14, 300), stop=stop)
+    assert halted.ran and halted.stopped and halted.hours == 0
+    resumed = roll(db, settings, now=at(14, 300))
+    assert not resumed.stopped and resumed.hours == 4  # 10..13, from the saved watermark
 
 
 def test_a_dirty_mark_renewed_during_a_run_stays(db, conn, settings) -> None:
