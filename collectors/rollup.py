@@ -291,12 +291,6 @@ def _inventory(conn: psycopg.Connection, site_id: int, end: datetime) -> Invento
     )
 
 
-def compute_site_hour(conn: psycopg.Connection, site_id: int, hour: datetime) -> SiteHour:
-    if hour != floor_hour(hour):
-        raise ValueError(f"{hour.isoformat()} is not the start of a UTC hour")
-    return summarise(site_id, hour, fetch_window(conn, site_id, hour))
-
-
 _COLUMNS = (
     "it_kwh", "facility_kwh", "pue", "fp16_pflops", "accelerators", "racks", "utilization",
     "coverage_it", "coverage_facility", "coverage_accelerators",
