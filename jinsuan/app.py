@@ -50,15 +50,20 @@ def _loc(loc: tuple[object, ...]) -> str:
 def create_app(platform: Platform) -> FastAPI:
     from collectors.jobs import start_background_jobs
     from collectors.routes import routers as collector_routers
+    from scheduler.routes import routers as scheduler_routers
+    from scheduler.service import start_scheduler
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs = start_background_jobs(platform) if platform.settings.run_background_jobs else None
+        background = platform.settings.run_background_jobs
+        jobs = start_background_jobs(platform) if background else None
+        placement = start_scheduler(platform) if background else None
         try:
             yield
         finally:
-            if jobs is not None:
-                jobs.shutdown(wait=True)
+            for scheduler in (placement, jobs):
+                if scheduler is not None:
+                    scheduler.shutdown(wait=True)
 
     app = FastAPI(
         title="jinsuan 晋算",
@@ -77,6 +82,6 @@ def create_app(platform: Platform) -> FastAPI:
         first = exc.errors()[0]
         return error_response(422, "invalid", first["msg"], _loc(tuple(first["loc"])))
 
-    for router in collector_routers(platform):
+    for router in [*collector_routers(platform), *scheduler_routers(platform)]:
         app.include_router(router)
     return app

@@ -27,10 +27,10 @@ accelerator at a time, and a stream of 1-accelerator jobs would take each as it 
 16-accelerator gang could wait forever. A multi-accelerator job blocked for ``reserve_after_s``
 reserves the pool (among those big enough) where it will fit soonest, judged from the live runs'
 expected ends (start + max runtime). While reserved, that pool takes no other job, except a
-backfill: a job with a max runtime that ends before the reservation's expected start (EASY backfill,
-as in Slurm's backfill scheduler). At most one reservation per pool; reservations are recomputed
-every cycle, so they follow the fair-share order, and at most ``max_reservations`` are held at once
-so that reservations cannot idle the province.
+backfill: a job with a max runtime that ends before the reservation's expected start (EASY
+backfill, as in Slurm's backfill scheduler). At most one reservation per pool; a reservation lasts
+until its job is placed or leaves the queue (each cycle starts from the last cycle's), and at most
+``max_reservations`` are held at once so that reservations cannot idle the province.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Snapshot:
     jobs: list[QueuedJob]
     sites: list[SiteView]
     tenants: dict[str, TenantUsage]
-    # Reservations the last cycle made, for explain(); place() makes its own.
+    # Pools held for waiting gang jobs by the last cycle; place() keeps those still waiting.
     reservations: dict[tuple[int, str], Reservation] = field(default_factory=dict)
 
 
@@ -312,7 +312,8 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
 
     candidates: dict[str, list[_Candidate]] = {}
     smallest_failure: dict[str, int] = {}  # per constraints: a need that found no room
-    held: dict[tuple[int, str], Reservation] = {}
+    held = _kept_reservations(snapshot)
+    nothing_to_hold: set[tuple[str, int]] = set()  # (constraints, need): every pool taken
     placements: list[Placement] = []
     considered = 0
     reserve_before = now - timedelta(seconds=cfg.reserve_after_s)
@@ -326,20 +327,26 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
             queue += 1
             considered += 1
             key = job.constraints_key
-            failed_at = smallest_failure.get(key)
-            if failed_at is not None and job.need >= failed_at:
-                continue  # capacity only shrinks within a cycle: this cannot fit either
             if key not in candidates:
                 candidates[key] = _candidates(snapshot.sites, job.constraints, cfg)
-            chosen, blocked_by_hold = _choose(job, candidates[key], held, cfg, now)
-            if chosen is None:
-                if not blocked_by_hold:
+            failed_at = smallest_failure.get(key)
+            if failed_at is not None and job.need >= failed_at:
+                chosen = None  # capacity only shrinks within a cycle: this cannot fit either
+            else:
+                chosen, blocked_by_hold = _choose(job, candidates[key], held, cfg, now)
+                if chosen is None and not blocked_by_hold:
                     smallest_failure[key] = min(job.need, failed_at or job.need)
+            if chosen is None:
                 if (job.need > 1 and job.submitted_at <= reserve_before
-                        and len(held) < cfg.max_reservations):
-                    _reserve(job, candidates[key], held, now)
+                        and len(held) < cfg.max_reservations
+                        and (key, job.need) not in nothing_to_hold
+                        and not _reserve(job, candidates[key], held, now)):
+                    nothing_to_hold.add((key, job.need))
                 continue
             chosen.pool.reserved += job.need
+            chosen.pool.releases.append(
+                (now + timedelta(seconds=job.max_runtime_s) if job.max_runtime_s else None,
+                 job.need))
             shares.add(tenant, chosen.pool.model, job.need)
             placements.append(Placement(job.id, chosen.site.id, chosen.pool.model, job.need,
                                         _score(job, chosen, cfg)))
@@ -379,8 +386,22 @@ def _choose(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str],
     return best, blocked_by_hold
 
 
+def _kept_reservations(snapshot: Snapshot) -> dict[tuple[int, str], Reservation]:
+    """Last cycle's holds whose job still waits, with the expected start brought up to date."""
+    waiting = {job.id: job for job in snapshot.jobs}
+    pools = {(site.id, model): pool for site in snapshot.sites
+             for model, pool in site.pools.items()}
+    kept = {}
+    for key, hold in snapshot.reservations.items():
+        job, pool = waiting.get(hold.job_id), pools.get(key)
+        if job is not None and pool is not None and pool.healthy >= job.need:
+            start = _expected_start(pool, job.need, snapshot.now)
+            kept[key] = Reservation(hold.job_id, hold.site_id, hold.model, start)
+    return kept
+
+
 def _reserve(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str], Reservation],
-             now: datetime) -> None:
+             now: datetime) -> bool:
     """Hold the pool where the blocked job is expected to fit soonest, if one is free to hold."""
     best: tuple[datetime, int, str] | None = None
     for cand in cands:
@@ -392,10 +413,12 @@ def _reserve(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str]
             start = datetime.max.replace(tzinfo=now.tzinfo)
         if best is None or (start, cand.site.id) < best[:2]:
             best = (start, cand.site.id, cand.pool.model)
-    if best is not None:
-        start, site_id, model = best
-        known = None if start.year == datetime.max.year else start
-        held[(site_id, model)] = Reservation(job.id, site_id, model, known)
+    if best is None:
+        return False
+    start, site_id, model = best
+    known = None if start.year == datetime.max.year else start
+    held[(site_id, model)] = Reservation(job.id, site_id, model, known)
+    return True
 
 
 # ---- why not placed ----------------------------------------------------------------------------
@@ -404,7 +427,7 @@ def explain(job: QueuedJob, snapshot: Snapshot, cfg: SchedulerConfig) -> list[Ve
     """For each site, the first rule that rules this job out there, or "fits"."""
     c = job.constraints
     shares = _Shares(snapshot.tenants, capacity_by_model(snapshot.sites), cfg.fair_window_h)
-    waiting = {j.tenant for j in snapshot.jobs} | set(snapshot.tenants)
+    waiting = {j.tenant for j in snapshot.jobs} | set(snapshot.tenants)  # tenants with a say
     over_share = shares.dominant(job.tenant) > shares.entitlement(job.tenant, waiting)
     verdicts = []
     for site in snapshot.sites:

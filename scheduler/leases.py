@@ -1,0 +1,165 @@
+"""The platform side of the lease protocol (``jinsuan.leasewire``).
+
+A lease request renews the runs the agent holds, hands it runs placed on its site up to its free
+slots, and tells it which held runs to stop. A run event moves a run (and its job) forward, only
+under the run's current fencing token and only while the run has not ended, so a site that lost
+its lease and comes back cannot record an outcome, and a job ends once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import psycopg
+
+from jinsuan.agentauth import SignedBy
+from jinsuan.errors import Conflict, NotFound
+from jinsuan.leasewire import (
+    EVENT_STATUS_DUPLICATE,
+    EVENT_STATUS_RECORDED,
+    STALE_LEASE_CODE,
+    EventAck,
+    Lease,
+    LeaseReply,
+    LeaseRequest,
+    Payload,
+    RunEvent,
+    RunEventState,
+)
+from scheduler.config import SchedulerConfig
+from scheduler.cycle import expire_run
+from scheduler.jobs import move_job, move_run, requeue_or_fail
+from scheduler.states import ENDED_RUN_STATES, JobState, RunState
+from scheduler.usage import record_usage
+
+
+class StaleLease(Conflict):
+    code = STALE_LEASE_CODE
+
+
+def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseRequest,
+                 cfg: SchedulerConfig, now: datetime) -> LeaseReply:
+    ttl = timedelta(seconds=cfg.lease_ttl_s)
+    renewed: list[str] = []
+    cancel: list[str] = []
+    lost: list[str] = []
+    new: list[Lease] = []
+    with conn.transaction():
+        executor = conn.execute("SELECT executor FROM sites WHERE id = %s",
+                                (agent.site_id,)).fetchone()[0]
+        if executor is not None and executor != request.executor:
+            raise Conflict(f"the site is registered with executor {executor!r}, the agent runs"
+                           f" {request.executor.value!r}", field="executor")
+        conn.execute(
+            "INSERT INTO agent_leases (agent_id, executor, last_lease_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (agent_id) DO UPDATE SET executor = EXCLUDED.executor,"
+            " last_lease_at = EXCLUDED.last_lease_at",
+            (agent.agent_id, request.executor, now))
+        for held in sorted(request.held, key=lambda h: h.run_id):
+            row = conn.execute(
+                "SELECT job_id, site_id, fencing_token, state, lease_expires_at FROM runs"
+                " WHERE id = %s FOR UPDATE", (held.run_id,)).fetchone()
+            if row is None or row[1] != agent.site_id or row[2] != held.fencing_token:
+                lost.append(held.run_id)
+                continue
+            job_id, _, _, state, expires = row
+            state = RunState(state)
+            if state is RunState.CANCELLED:
+                cancel.append(held.run_id)
+            elif state in ENDED_RUN_STATES:
+                lost.append(held.run_id)
+            elif expires < now:
+                expire_run(conn, held.run_id, job_id, state, now, cfg)
+                lost.append(held.run_id)
+            else:
+                conn.execute("UPDATE runs SET lease_expires_at = %s WHERE id = %s",
+                             (now + ttl, held.run_id))
+                renewed.append(held.run_id)
+        if request.free_slots:
+            new = _lease_placed(conn, agent, request.free_slots, now, now + ttl)
+    return LeaseReply(lease_ttl_s=cfg.lease_ttl_s, renewed=renewed, new=new, cancel=cancel,
+                      lost=lost)
+
+
+def _lease_placed(conn: psycopg.Connection, agent: SignedBy, slots: int, now: datetime,
+                  expires: datetime) -> list[Lease]:
+    rows = conn.execute(
+        "SELECT r.id, r.job_id, r.fencing_token, r.model, j.tasks, j.accelerators_per_task,"
+        " j.spec -> 'payload', j.max_runtime_s, j.tenant, j.project"
+        " FROM runs r JOIN jobs j ON j.id = r.job_id"
+        " WHERE r.site_id = %s AND r.state = 'placed' AND r.lease_expires_at >= %s"
+        " ORDER BY r.placed_at, r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+        (agent.site_id, now, slots)).fetchall()
+    leases = []
+    for run_id, job_id, token, model, tasks, per_task, payload, runtime, tenant, project in rows:
+        move_run(conn, run_id, RunState.PLACED, RunState.LEASED, now, leased_at=now,
+                 lease_expires_at=expires, agent_id=agent.agent_id)
+        state = conn.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE",
+                             (job_id,)).fetchone()[0]
+        move_job(conn, job_id, JobState(state), JobState.LEASED, now, run_id=run_id,
+                 reason=f"leased by {agent.agent_id}")
+        leases.append(Lease(run_id=run_id, job_id=job_id, fencing_token=token, tasks=tasks,
+                            accelerators_per_task=per_task, accelerator_model=model,
+                            payload=Payload.model_validate(payload), max_runtime_s=runtime,
+                            tenant=tenant, project=project))
+    return leases
+
+
+_END_STATES = {RunEventState.SUCCEEDED: (RunState.SUCCEEDED, JobState.SUCCEEDED),
+               RunEventState.FAILED: (RunState.FAILED, JobState.FAILED)}
+
+
+def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: RunEvent,
+                 cfg: SchedulerConfig, now: datetime) -> EventAck:
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT job_id, site_id, fencing_token, state, lease_expires_at, exit_code"
+            " FROM runs WHERE id = %s FOR UPDATE", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id}", field="run_id")
+        job_id, site_id, token, state, expires, exit_code = row
+        state = RunState(state)
+        if site_id != agent.site_id or token != event.fencing_token:
+            raise StaleLease(f"fencing token {event.fencing_token} is not run {run_id}'s"
+                             " current lease", field="fencing_token")
+        if _is_duplicate(state, exit_code, event):
+            return EventAck(status=EVENT_STATUS_DUPLICATE)
+        if state in ENDED_RUN_STATES or state is RunState.PLACED:
+            raise StaleLease(f"run {run_id} is {state}; it takes no {event.state} report",
+                             field="state")
+        if expires < now:
+            expire_run(conn, run_id, job_id, state, now, cfg)
+            raise StaleLease(f"the lease of run {run_id} expired at {expires.isoformat()}",
+                             field="fencing_token")
+        job_state = JobState(conn.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE",
+                                          (job_id,)).fetchone()[0])
+        started = event.started_at or (event.at if event.state is RunEventState.RUNNING else None)
+        if event.state is RunEventState.RUNNING:
+            move_run(conn, run_id, state, RunState.RUNNING, now, started_at=started or now,
+                     executor_ref=event.executor_ref)
+            move_job(conn, job_id, job_state, JobState.RUNNING, event.at, run_id=run_id,
+                     reason=f"running at {event.executor_ref or agent.agent_id}")
+            return EventAck(status=EVENT_STATUS_RECORDED)
+        run_end, job_end = _END_STATES[event.state]
+        ended = event.ended_at or event.at
+        reason = f"exit code {event.exit_code}" if event.exit_code is not None else event.state
+        conn.execute("UPDATE runs SET started_at = coalesce(started_at, %s, leased_at)"
+                     " WHERE id = %s", (started, run_id))
+        move_run(conn, run_id, state, run_end, now, ended_at=ended, exit_code=event.exit_code,
+                 log_tail=event.log_tail, end_reason=reason,
+                 executor_ref=event.executor_ref)
+        if job_end is JobState.SUCCEEDED:
+            move_job(conn, job_id, job_state, job_end, ended, run_id=run_id, ended=True,
+                     reason=reason)
+        else:
+            requeue_or_fail(conn, job_id, job_state, run_id, ended, lost=False,
+                            reason=f"run {run_id} failed: {reason}", cfg=cfg)
+        record_usage(conn, run_id)
+    return EventAck(status=EVENT_STATUS_RECORDED)
+
+
+def _is_duplicate(state: RunState, exit_code: int | None, event: RunEvent) -> bool:
+    """The same report sent again (a retry after a lost reply) is acknowledged, not applied."""
+    if event.state is RunEventState.RUNNING:
+        return state is RunState.RUNNING
+    return state.value == event.state.value and exit_code == event.exit_code

@@ -1,0 +1,233 @@
+"""The scheduler's HTTP routes: jobs for dispatchers, site scheduling for operators, and the
+agent-signed lease endpoints (``jinsuan.leasewire``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+import psycopg
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from jinsuan.agentauth import verify_agent_request
+from jinsuan.auth import Principal, Role
+from jinsuan.deps import ConnDep, allow, public
+from jinsuan.errors import Forbidden, Invalid
+from jinsuan.leasewire import (
+    AGENT_HEADER,
+    LEASES_PATH,
+    REPLAY_WINDOW_S,
+    SIGNATURE_HEADER,
+    EventAck,
+    ExecutorKind,
+    LeaseReply,
+    LeaseRequest,
+    RunEvent,
+)
+from jinsuan.platform import Platform
+from jinsuan.sites import check_manages, get_site
+from scheduler.jobs import (
+    JobDetail,
+    JobSummary,
+    WhyNot,
+    cancel_job,
+    job_detail,
+    list_jobs,
+    submit_job,
+)
+from scheduler.leases import handle_event, handle_lease
+from scheduler.placement import Snapshot, TenantUsage, explain
+from scheduler.service import SchedulerService, service_for
+from scheduler.snapshot import load_queue, load_reservations, load_sites, load_tenants
+from scheduler.spec import JobSpec
+from scheduler.states import JobState
+
+_SIGNED = "authenticated by the agent's Ed25519 signature over the body"
+_MAX_LEASE_BODY = 1 << 20
+_MAX_EVENT_BODY = 256 << 10
+
+Submitters = Annotated[Principal, allow(Role.DISPATCHER, Role.ADMIN)]
+Readers = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
+SiteManagers = Annotated[Principal, allow(Role.OPERATOR, Role.ADMIN)]
+Anyone = Annotated[Principal, allow(Role.OPERATOR, Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
+Admins = Annotated[Principal, allow(Role.ADMIN)]
+
+
+class Submitted(BaseModel):
+    id: str
+    state: JobState
+
+
+class SiteScheduling(BaseModel):
+    executor: ExecutorKind | None = None
+    prices: dict[str, Decimal] = Field(
+        default_factory=dict, description="Yuan per accelerator-hour, by accelerator model.")
+
+
+class TenantShare(BaseModel):
+    weight: Decimal = Field(gt=0, le=Decimal(1000))
+
+
+def _own_tenant(principal: Principal) -> str | None:
+    """A dispatcher sees only its tenant; None means every tenant."""
+    return principal.tenant if principal.role is Role.DISPATCHER else None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    body = await request.body()
+    if len(body) > limit:
+        raise Invalid(f"body is {len(body)} bytes; at most {limit}", field="body")
+    return body
+
+
+def jobs_router(service: SchedulerService) -> APIRouter:
+    api = APIRouter(tags=["jobs"])
+
+    @api.post("/v1/jobs", status_code=201, response_model=Submitted)
+    def submit(spec: JobSpec, conn: ConnDep, principal: Submitters) -> Submitted:
+        """Queue a job; its id comes back at once and placement follows within a cycle."""
+        tenant = spec.tenant
+        if principal.role is Role.DISPATCHER:
+            if tenant is not None and tenant != principal.tenant:
+                raise Forbidden(f"this key submits for tenant {principal.tenant!r} only",
+                                field="tenant")
+            tenant = principal.tenant
+        if tenant is None:
+            raise Invalid("the spec must name a tenant", field="tenant")
+        job_id = submit_job(conn, spec, tenant, datetime.now(UTC))
+        service.trigger()
+        return Submitted(id=job_id, state=JobState.QUEUED)
+
+    @api.get("/v1/jobs", response_model=list[JobSummary])
+    def jobs(conn: ConnDep, principal: Readers, state: JobState | None = None,
+             tenant: str | None = None,
+             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobSummary]:
+        own = _own_tenant(principal)
+        if own is not None:
+            if tenant is not None and tenant != own:
+                raise Forbidden(f"this key sees tenant {own!r} only", field="tenant")
+            tenant = own
+        return list_jobs(conn, tenant=tenant, state=state, limit=limit)
+
+    @api.get("/v1/jobs/{job_id}", response_model=JobDetail)
+    def job(job_id: str, conn: ConnDep, principal: Readers) -> JobDetail:
+        """The job, its runs and transitions, and while it waits: why not placed, per site."""
+        detail = job_detail(conn, job_id, tenant=_own_tenant(principal))
+        if detail.state is JobState.QUEUED:
+            detail.why_not = why_not(conn, service, job_id)
+        return detail
+
+    @api.post("/v1/jobs/{job_id}/cancel", response_model=Submitted)
+    def cancel(job_id: str, conn: ConnDep, principal: Submitters) -> Submitted:
+        state = cancel_job(conn, job_id, datetime.now(UTC), tenant=_own_tenant(principal))
+        return Submitted(id=job_id, state=state)
+
+    return api
+
+
+def why_not(conn: psycopg.Connection, service: SchedulerService, job_id: str) -> list[WhyNot]:
+    """Explain a queued job against the sites as they are now (the cycle's own filters)."""
+    now = datetime.now(UTC)
+    queued = load_queue(conn, job_id)
+    if not queued:
+        return []
+    tenants = load_tenants(conn, service.cfg, now)
+    for (tenant,) in conn.execute("SELECT DISTINCT tenant FROM jobs WHERE state = 'queued'"):
+        tenants.setdefault(tenant, TenantUsage())
+    snapshot = Snapshot(now, [], load_sites(conn, service.cfg, now), tenants,
+                        load_reservations(conn))
+    return [WhyNot(site_id=v.site_id, site=v.site, constraint=v.constraint, reason=v.reason)
+            for v in explain(queued[0], snapshot, service.cfg)]
+
+
+def sites_router() -> APIRouter:
+    api = APIRouter(tags=["sites"])
+
+    @api.get("/v1/sites/{site_id}/scheduling", response_model=SiteScheduling)
+    def scheduling(site_id: int, conn: ConnDep, _: Anyone) -> SiteScheduling:
+        get_site(conn, site_id)
+        executor = conn.execute("SELECT executor FROM sites WHERE id = %s",
+                                (site_id,)).fetchone()[0]
+        prices = dict(conn.execute("SELECT model, yuan_per_accelerator_hour FROM site_prices"
+                                   " WHERE site_id = %s ORDER BY model", (site_id,)).fetchall())
+        return SiteScheduling(executor=executor, prices=prices)
+
+    @api.put("/v1/sites/{site_id}/scheduling", response_model=SiteScheduling)
+    def register(site_id: int, body: SiteScheduling, conn: ConnDep,
+                 principal: SiteManagers) -> SiteScheduling:
+        """Set the site's executor and its prices (the prices given replace all others)."""
+        check_manages(principal, get_site(conn, site_id))
+        for model, price in body.prices.items():
+            if price < 0 or price != price.quantize(Decimal("0.01")):
+                raise Invalid(f"price {price} must be ≥ 0 and in whole fen",
+                              field=f"prices.{model}")
+        with conn.transaction():
+            conn.execute("UPDATE sites SET executor = %s WHERE id = %s",
+                         (body.executor, site_id))
+            conn.execute("DELETE FROM site_prices WHERE site_id = %s", (site_id,))
+            for model, price in body.prices.items():
+                conn.execute("INSERT INTO site_prices (site_id, model, yuan_per_accelerator_hour)"
+                             " VALUES (%s, %s, %s)", (site_id, model, price))
+        return body
+
+    @api.put("/v1/tenants/{tenant}/share", response_model=TenantShare)
+    def share(tenant: str, body: TenantShare, conn: ConnDep, _: Admins) -> TenantShare:
+        """A tenant's fair-share weight (1 when never set)."""
+        conn.execute("INSERT INTO tenant_shares (tenant, weight) VALUES (%s, %s)"
+                     " ON CONFLICT (tenant) DO UPDATE SET weight = EXCLUDED.weight",
+                     (tenant, body.weight))
+        return body
+
+    return api
+
+
+def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
+    api = APIRouter(tags=["leases"])
+
+    @api.post(LEASES_PATH, response_model=LeaseReply, dependencies=[public(_SIGNED)],
+              responses={401: {}, 409: {}, 422: {}})
+    async def lease(request: Request) -> LeaseReply:
+        """An agent's lease request and heartbeat (``jinsuan.leasewire.LeaseRequest``)."""
+        body = await _body(request, _MAX_LEASE_BODY)
+        return await run_in_threadpool(_lease, platform, service, request.headers, body)
+
+    @api.post("/v1/runs/{run_id}/events", response_model=EventAck,
+              dependencies=[public(_SIGNED)], responses={401: {}, 404: {}, 409: {}, 422: {}})
+    async def event(run_id: str, request: Request) -> EventAck:
+        """One state change of one run, under the run's fencing token."""
+        body = await _body(request, _MAX_EVENT_BODY)
+        return await run_in_threadpool(_event, platform, service, run_id, request.headers, body)
+
+    return api
+
+
+def _lease(platform: Platform, service: SchedulerService, headers, body: bytes) -> LeaseReply:
+    now = datetime.now(UTC)
+    with platform.db.pool.connection() as conn:
+        agent, req = verify_agent_request(
+            conn, body, agent_header=headers.get(AGENT_HEADER),
+            signature=headers.get(SIGNATURE_HEADER), model=LeaseRequest, now=now,
+            window_s=REPLAY_WINDOW_S)
+        return handle_lease(conn, agent, req, service.cfg, now)
+
+
+def _event(platform: Platform, service: SchedulerService, run_id: str, headers,
+           body: bytes) -> EventAck:
+    now = datetime.now(UTC)
+    with platform.db.pool.connection() as conn:
+        agent, event = verify_agent_request(
+            conn, body, agent_header=headers.get(AGENT_HEADER),
+            signature=headers.get(SIGNATURE_HEADER), model=RunEvent, now=now,
+            window_s=REPLAY_WINDOW_S)
+        ack = handle_event(conn, agent, run_id, event, service.cfg, now)
+    if ack.status == "recorded" and event.state != "running":
+        service.trigger()  # capacity freed, or a failed job queued again
+    return ack
+
+
+def routers(platform: Platform) -> list[APIRouter]:
+    service = service_for(platform)
+    return [jobs_router(service), sites_router(), leases_router(platform, service)]

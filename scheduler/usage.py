@@ -1,0 +1,137 @@
+"""Usage metering: one immutable record per ended run; corrections are adjusting records.
+
+- Accelerator-hours: the run's accelerators × (end − start), start being the executor's reported
+  start, else the lease time; kept to 10⁻⁶ h.
+- FP16 PFLOP-hours at nameplate: accelerator-hours × the mean ``fp16_tflops`` of the site's
+  accelerators of the run's model / 1000.
+- Energy: the increase of the ``accelerator_energy_joules_total`` counters of the site's
+  accelerators of that model, from the last sample at or before the start to the last sample at
+  or before the end (a counter that went down restarted from zero). Which devices a run used is
+  not reported, so the pool's energy is apportioned by the run's share of the pool
+  (accelerators / pool size); ``energy_method`` says so on each record.
+- Cost: accelerator-hours × the site's price for the model, in yuan, rounded to the fen
+  (ROUND_HALF_UP). Money and quantities are ``Decimal``; nothing passes through a float.
+
+The table refuses UPDATE and DELETE (a trigger); :func:`record_adjustment` adds a correction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import psycopg
+
+from jinsuan.errors import Invalid, NotFound
+
+FEN = Decimal("0.01")
+MICRO = Decimal("0.000001")
+_JOULES_PER_KWH = Decimal(3_600_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    accelerator_hours: Decimal
+    fp16_pflop_hours: Decimal
+    energy_kwh: Decimal | None
+    cost_yuan: Decimal
+
+
+def hours_between(start: datetime, end: datetime) -> Decimal:
+    """Exact hours between two instants (to the microsecond), never negative."""
+    span = max(end - start, timedelta(0))
+    micros = (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
+    return Decimal(micros) / Decimal(3_600_000_000)
+
+
+def compute_usage(accelerators: int, start: datetime, end: datetime, *,
+                  mean_fp16_tflops: Decimal, price: Decimal, pool_joules: Decimal | None,
+                  pool_size: int) -> Usage:
+    """The arithmetic of one record, all in Decimal."""
+    acc_hours = (accelerators * hours_between(start, end)).quantize(MICRO, ROUND_HALF_UP)
+    pflop_hours = (acc_hours * mean_fp16_tflops / 1000).quantize(MICRO, ROUND_HALF_UP)
+    energy = None
+    if pool_joules is not None and pool_size > 0:
+        share = Decimal(accelerators) / Decimal(pool_size)
+        energy = (pool_joules / _JOULES_PER_KWH * share).quantize(MICRO, ROUND_HALF_UP)
+    cost = (acc_hours * price).quantize(FEN, ROUND_HALF_UP)
+    return Usage(acc_hours, pflop_hours, energy, cost)
+
+
+_POOL_ENERGY = """
+WITH devs AS (
+    SELECT s.id FROM accelerators a
+    JOIN series s ON s.site_id = a.site_id AND s.metric = 'accelerator_energy_joules_total'
+     AND s.device = a.uuid
+    WHERE a.site_id = %(site)s AND a.model = %(model)s
+), pts AS (
+    SELECT x.series_id, x.ts, x.value FROM samples x
+    WHERE x.series_id IN (SELECT id FROM devs) AND x.ts > %(start)s AND x.ts <= %(end)s
+    UNION ALL
+    SELECT d.id, b.ts, b.value FROM devs d CROSS JOIN LATERAL (
+        SELECT ts, value FROM samples WHERE series_id = d.id AND ts <= %(start)s
+        ORDER BY ts DESC LIMIT 1) b
+), steps AS (
+    SELECT value, lag(value) OVER (PARTITION BY series_id ORDER BY ts) AS prev FROM pts
+)
+SELECT sum(CASE WHEN value >= prev THEN value - prev ELSE value END)::numeric
+FROM steps WHERE prev IS NOT NULL
+"""
+
+
+def record_usage(conn: psycopg.Connection, run_id: str) -> int:
+    """Write the usage record of an ended run; return its id."""
+    row = conn.execute(
+        "SELECT r.job_id, j.tenant, j.project, r.site_id, r.model, r.accelerators,"
+        " coalesce(r.started_at, r.leased_at), r.ended_at, p.yuan_per_accelerator_hour"
+        " FROM runs r JOIN jobs j ON j.id = r.job_id"
+        " LEFT JOIN site_prices p ON p.site_id = r.site_id AND p.model = r.model"
+        " WHERE r.id = %s", (run_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no run {run_id}", field="run_id")
+    job_id, tenant, project, site_id, model, accelerators, start, end, price = row
+    if start is None or end is None:
+        raise Invalid(f"run {run_id} has not both started and ended", field="run_id")
+    pool_size, tflops = conn.execute(
+        "SELECT count(*), coalesce(avg(fp16_tflops), 0)::numeric FROM accelerators"
+        " WHERE site_id = %s AND model = %s", (site_id, model)).fetchone()
+    joules = conn.execute(_POOL_ENERGY, {"site": site_id, "model": model, "start": start,
+                                         "end": end}).fetchone()[0]
+    price = price if price is not None else Decimal(0)
+    usage = compute_usage(accelerators, start, end, mean_fp16_tflops=tflops, price=price,
+                          pool_joules=joules, pool_size=pool_size)
+    method = (f"pool counters × {accelerators}/{pool_size} of the site's {model}"
+              " (device-level attribution not reported)" if joules is not None
+              else "no energy counters reported")
+    return conn.execute(
+        "INSERT INTO usage_records (run_id, job_id, tenant, project, site_id, model,"
+        " accelerators, started_at, ended_at, accelerator_hours, fp16_pflop_hours, energy_kwh,"
+        " energy_method, yuan_per_accelerator_hour, cost_yuan)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (run_id, job_id, tenant, project, site_id, model, accelerators, start, end,
+         usage.accelerator_hours, usage.fp16_pflop_hours, usage.energy_kwh, method, price,
+         usage.cost_yuan)).fetchone()[0]
+
+
+def record_adjustment(conn: psycopg.Connection, original_id: int, *, reason: str,
+                      accelerator_hours: Decimal = Decimal(0),
+                      fp16_pflop_hours: Decimal = Decimal(0),
+                      energy_kwh: Decimal | None = None, cost_yuan: Decimal = Decimal(0)) -> int:
+    """Correct a record by adding one that carries the differences; return its id."""
+    if not reason.strip():
+        raise Invalid("an adjustment needs a reason", field="reason")
+    if cost_yuan != cost_yuan.quantize(FEN):
+        raise Invalid(f"cost {cost_yuan} is not a whole number of fen", field="cost_yuan")
+    row = conn.execute(
+        "INSERT INTO usage_records (run_id, job_id, tenant, project, site_id, model,"
+        " accelerators, started_at, ended_at, accelerator_hours, fp16_pflop_hours, energy_kwh,"
+        " energy_method, yuan_per_accelerator_hour, cost_yuan, adjusts, reason)"
+        " SELECT run_id, job_id, tenant, project, site_id, model, accelerators, started_at,"
+        " ended_at, %s, %s, %s, 'adjustment', yuan_per_accelerator_hour, %s, id, %s"
+        " FROM usage_records WHERE id = %s AND adjusts IS NULL RETURNING id",
+        (accelerator_hours, fp16_pflop_hours, energy_kwh, cost_yuan, reason, original_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no original usage record {original_id}", field="record")
+    return row[0]
