@@ -1,0 +1,23 @@
+-- The read-only role Grafana's "jinsuan PostgreSQL" datasource connects as.
+--
+-- Run it in the platform's database after the platform has migrated it (grants name tables),
+-- and again after an upgrade adds tables the dashboards read. Then let the role log in:
+--   psql "$DATABASE_URL" -f deploy/postgres/grafana-readonly.sql \
+--        -c "ALTER ROLE jinsuan_grafana LOGIN PASSWORD '...'"
+-- It may read the inventory and the rollups, nothing else: not the API keys, enrolment tokens,
+-- agents' keys, jobs or raw samples. tests/test_dashboards.py runs every dashboard query as it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jinsuan_grafana') THEN
+        CREATE ROLE jinsuan_grafana NOLOGIN;
+    END IF;
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO jinsuan_grafana', current_database());
+END $$;
+
+ALTER ROLE jinsuan_grafana SET default_transaction_read_only = on;
+ALTER ROLE jinsuan_grafana SET statement_timeout = '60s';
+
+GRANT USAGE ON SCHEMA public TO jinsuan_grafana;
+GRANT SELECT ON enterprises, sites, racks, accelerators, meters,
+                rollup_site_hourly, rollup_enterprise_hourly, rollup_state
+    TO jinsuan_grafana;
