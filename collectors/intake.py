@@ -20,6 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from collectors.exposition import IngestMetrics
 from collectors.validation import Limits, first_problem
-from collectors.writer import SeriesKey, Writer
+from collectors.writer import Writer
 from jinsuan.deps import public
 from jinsuan.errors import Forbidden, Invalid, JinsuanError, TooLarge, Unauthenticated
 from jinsuan.metrics import CATALOGUE, Kind
@@ -46,6 +47,9 @@ from jinsuan.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+_COUNTERS = frozenset(m.name for m in CATALOGUE.values() if m.kind is Kind.COUNTER)
+_VALUE = itemgetter(1)
 
 class Rejected(Exception):
     """A refused report: the domain error to answer with and the counter's reason label."""
@@ -145,7 +149,7 @@ class Intake:
         self.keys = AgentKeys()
         self.writer = Writer(platform.db)
         self.metrics = IngestMetrics(platform.registry)
-        self._counters: dict[SeriesKey, tuple[int, float]] = {}  # last point of each counter
+        self._counters: dict[tuple[int, str, str], tuple[int, float]] = {}  # last counter points
 
     def accept(self, raw: bytes, encoding: str, agent_id: str | None,
                signature: str | None) -> ReportAck:
@@ -217,18 +221,18 @@ class Intake:
         """Count counters going backwards, within the batch and since this process's last one."""
         resets = 0
         for series in batch.series:
-            metric = CATALOGUE[series.metric]
-            if metric.kind is not Kind.COUNTER:
+            if series.metric not in _COUNTERS:
                 continue
-            values = [value for _, value in series.points]
-            resets += sum(map(operator.gt, values, islice(values, 1, None)))
+            points = series.points
+            resets += sum(map(operator.gt, map(_VALUE, points),
+                              map(_VALUE, islice(points, 1, None))))
             key = (site_id, series.metric, series.device)
             previous = self._counters.get(key)
-            first_ts = series.points[0][0]
-            if previous is not None and previous[0] < first_ts and previous[1] > values[0]:
+            first, last = points[0], points[-1]
+            if previous is not None and previous[0] < first[0] and previous[1] > first[1]:
                 resets += 1
-            if previous is None or previous[0] < series.points[-1][0]:
-                self._counters[key] = (series.points[-1][0], values[-1])
+            if previous is None or previous[0] < last[0]:
+                self._counters[key] = last
         if resets:
             self.metrics.counter_resets.inc(resets)
 

@@ -7,7 +7,7 @@ One transaction does everything, in this order:
    or a replay, and nothing else is written;
 2. update the agent's ``last_seq``/``last_report_at``, refusing an agent revoked meanwhile;
 3. resolve series ids (a per-process cache, misses upserted);
-4. ``COPY`` the samples in binary format;
+4. ``COPY`` the samples in binary format (encoded here, see :func:`encode_samples`);
 5. upsert the inventory when its hash changed since the agent's last report;
 6. mark the touched ``(site, hour)`` pairs dirty for the rollups.
 
@@ -19,23 +19,26 @@ samples need are created before the transaction (``Partitions.ensure``), never i
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 import psycopg
 
 from jinsuan.accelerators import fp16_peak
 from jinsuan.errors import Unauthenticated
 from jinsuan.store import Database
-from jinsuan.wire import Batch, Inventory
+from jinsuan.wire import Batch, Inventory, Series
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_ROW = struct.Struct(">hiqiiid")  # 3 fields: (8) int64 ts, (4) int32 series id, (8) float8
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
-
-SeriesKey = tuple[int, str, str]  # (site_id, metric, device)
 
 COPY_SAMPLES = "COPY samples (ts, series_id, value) FROM STDIN (FORMAT BINARY)"
 
@@ -57,9 +60,16 @@ class Touched:
     def of(cls, batch: Batch) -> Touched:
         """Days that hold a sample, and every hour from each series' first to last sample.
 
-        Points are sorted (validated), so a series' span is its first and last point; only a
-        series spanning several days is scanned point by point.
+        Points are sorted (validated), so a series' span is its first and last point. The
+        common batch lies within one hour and costs two passes; otherwise each series is
+        looked at, and only a series spanning several days is scanned point by point.
         """
+        if not batch.series:
+            return cls(frozenset(), ())
+        lo = min(s.points[0][0] for s in batch.series)
+        hi = max(s.points[-1][0] for s in batch.series)
+        if lo // _HOUR_MS == hi // _HOUR_MS:
+            return cls(frozenset({_day(lo // _DAY_MS)}), (_hour(lo // _HOUR_MS),))
         days: set[int] = set()
         hours: set[int] = set()
         for series in batch.series:
@@ -69,10 +79,15 @@ class Touched:
             else:
                 days.update(t // _DAY_MS for t, _ in series.points)
             hours.update(range(first // _HOUR_MS, last // _HOUR_MS + 1))
-        return cls(
-            frozenset(_EPOCH.date() + timedelta(days=d) for d in days),
-            tuple(_EPOCH + timedelta(hours=h) for h in sorted(hours)),
-        )
+        return cls(frozenset(map(_day, days)), tuple(map(_hour, sorted(hours))))
+
+
+def _day(days_since_epoch: int) -> date:
+    return _EPOCH.date() + timedelta(days=days_since_epoch)
+
+
+def _hour(hours_since_epoch: int) -> datetime:
+    return _EPOCH + timedelta(hours=hours_since_epoch)
 
 
 def inventory_sha256(inventory: Inventory) -> bytes:
@@ -80,50 +95,47 @@ def inventory_sha256(inventory: Inventory) -> bytes:
 
 
 class SeriesIds:
-    """Series ids by ``(site_id, metric, device)``; holds only ids whose rows are committed."""
+    """Series ids by site and ``(metric, device)``; holds only ids whose rows are committed."""
 
     def __init__(self) -> None:
-        self._ids: dict[SeriesKey, int] = {}
+        self._by_site: dict[int, dict[tuple[str, str], int]] = {}
 
     def resolve(
-        self, conn: psycopg.Connection, site_id: int, pairs: Iterable[tuple[str, str]]
-    ) -> tuple[dict[tuple[str, str], int], dict[SeriesKey, int]]:
-        """Ids for ``pairs`` at ``site_id``, and the ones that came from the store this time.
+        self, conn: psycopg.Connection, site_id: int, batch: Batch
+    ) -> tuple[list[int], dict[tuple[str, str], int]]:
+        """The id of each of ``batch.series`` at ``site_id``, and those read from the store.
 
-        Misses are upserted in the caller's transaction; the caller adds the second mapping to
-        the cache with :meth:`remember` once that transaction has committed.
+        Misses are upserted in the caller's transaction; the caller hands the second mapping
+        to :meth:`remember` once that transaction has committed, so a rolled-back insert never
+        leaves a dangling id in the cache.
         """
-        found: dict[tuple[str, str], int] = {}
-        missing: set[tuple[str, str]] = set()
-        for pair in pairs:
-            known = self._ids.get((site_id, *pair))
-            if known is None:
-                missing.add(pair)
-            else:
-                found[pair] = known
-        fetched: dict[SeriesKey, int] = {}
-        if missing:
-            metrics, devices = zip(*sorted(missing), strict=True)
-            conn.execute(
-                "INSERT INTO series (site_id, metric, device)"
-                " SELECT %s, m, d FROM unnest(%s::text[], %s::text[]) AS u(m, d) ORDER BY m, d"
-                " ON CONFLICT (site_id, metric, device) DO NOTHING",
-                (site_id, list(metrics), list(devices)),
-            )
-            rows = conn.execute(
-                "SELECT s.metric, s.device, s.id FROM series s"
-                " JOIN unnest(%s::text[], %s::text[]) AS u(m, d)"
-                " ON s.metric = u.m AND s.device = u.d"
-                " WHERE s.site_id = %s",
-                (list(metrics), list(devices), site_id),
-            ).fetchall()
-            for metric, device, series_id in rows:
-                found[(metric, device)] = series_id
-                fetched[(site_id, metric, device)] = series_id
-        return found, fetched
+        known = self._by_site.get(site_id, {})
+        pairs = [(s.metric, s.device) for s in batch.series]
+        ids = list(map(known.get, pairs))
+        if None not in ids:
+            return cast(list[int], ids), {}
+        missing = sorted({pair for pair, i in zip(pairs, ids, strict=True) if i is None})
+        metrics = [m for m, _ in missing]
+        devices = [d for _, d in missing]
+        conn.execute(
+            "INSERT INTO series (site_id, metric, device)"
+            " SELECT %s, m, d FROM unnest(%s::text[], %s::text[]) AS u(m, d) ORDER BY m, d"
+            " ON CONFLICT (site_id, metric, device) DO NOTHING",
+            (site_id, metrics, devices),
+        )
+        rows = conn.execute(
+            "SELECT s.metric, s.device, s.id FROM series s"
+            " JOIN unnest(%s::text[], %s::text[]) AS u(m, d)"
+            " ON s.metric = u.m AND s.device = u.d"
+            " WHERE s.site_id = %s",
+            (metrics, devices, site_id),
+        ).fetchall()
+        fetched = {(metric, device): series_id for metric, device, series_id in rows}
+        return [known.get(p) or fetched[p] for p in pairs], fetched
 
-    def remember(self, ids: dict[SeriesKey, int]) -> None:
-        self._ids.update(ids)
+    def remember(self, site_id: int, fetched: dict[tuple[str, str], int]) -> None:
+        if fetched:
+            self._by_site.setdefault(site_id, {}).update(fetched)
 
 
 class Writer:
@@ -167,10 +179,9 @@ class Writer:
             ).fetchone()
             if agent is None:
                 raise Unauthenticated(f"agent {batch.agent_id!r} is revoked", field="agent_id")
-            ids, fetched = self.series_ids.resolve(
-                conn, site_id, ((s.metric, s.device) for s in batch.series)
-            )
-            _copy_samples(conn, batch, ids)
+            ids, fetched = self.series_ids.resolve(conn, site_id, batch)
+            with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
+                copy.write(encode_samples(zip(ids, batch.series, strict=True)))
             digest = inventory_sha256(batch.inventory)
             if agent[0] is None or bytes(agent[0]) != digest:
                 _upsert_inventory(conn, site_id, batch.inventory, batch.created_at)
@@ -185,7 +196,7 @@ class Writer:
                     " ON CONFLICT (site_id, hour) DO UPDATE SET marked_at = clock_timestamp()",
                     (site_id, list(touched.hours)),
                 )
-        self.series_ids.remember(fetched)
+        self.series_ids.remember(site_id, fetched)
         return Written("stored", samples)
 
 
@@ -197,19 +208,23 @@ def _check_not_revoked(conn: psycopg.Connection, agent_id: str) -> None:
         raise Unauthenticated(f"agent {agent_id!r} is revoked", field="agent_id")
 
 
-def _copy_samples(conn: psycopg.Connection, batch: Batch, ids: dict[tuple[str, str], int]) -> None:
-    """Binary COPY of every point; one datetime per distinct timestamp, not one per point."""
-    stamps: dict[int, datetime] = {}
-    with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
-        copy.set_types(["timestamptz", "int4", "float8"])
-        write_row = copy.write_row
-        for series in batch.series:
-            series_id = ids[(series.metric, series.device)]
-            for ms, value in series.points:
-                ts = stamps.get(ms)
-                if ts is None:
-                    ts = stamps[ms] = _EPOCH + timedelta(milliseconds=ms)
-                write_row((ts, series_id, value))
+def encode_samples(series: Iterable[tuple[int, Series]]) -> bytes:
+    """Rows ``(ts, series_id, value)`` in PostgreSQL's binary COPY format, header to trailer.
+
+    Each row is one fixed-size ``struct`` pack: no datetime objects, no per-row function calls
+    into the driver. This is the format ``COPY ... (FORMAT BINARY)`` documents: a signature
+    and two zero int32s, then per row an int16 field count and each field as int32 length and
+    big-endian value (timestamptz as int64 microseconds since 2000-01-01 UTC), then int16 -1.
+    """
+    pack = _ROW.pack
+    parts = [_COPY_HEADER]
+    for series_id, s in series:
+        parts.append(b"".join([
+            pack(3, 8, (ms - _PG_EPOCH_MS) * 1000, 4, series_id, 8, value)
+            for ms, value in s.points
+        ]))
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def _upsert_inventory(
