@@ -75,7 +75,8 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(JinsuanError)
     async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:
-        return error_response(_STATUS.get(type(exc), 400), exc.code, exc.reason, exc.field)
+        status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), 400)
+        return error_response(status, exc.code, exc.reason, exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
