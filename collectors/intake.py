@@ -26,6 +26,7 @@ import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -77,14 +78,16 @@ class AgentKeys:
     def __init__(self) -> None:
         self._keys: dict[str, AgentKey] = {}
 
-    def get(self, conn: psycopg.Connection, agent_id: str) -> AgentKey | None:
+    def get(self, pool: ConnectionPool, agent_id: str) -> AgentKey | None:
+        """The agent's key; the store is asked (for a pooled connection) only on a miss."""
         key = self._keys.get(agent_id)
         if key is not None:
             return key
-        row = conn.execute(
-            "SELECT public_key, site_id FROM agents WHERE id = %s AND revoked_at IS NULL",
-            (agent_id,),
-        ).fetchone()
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT public_key, site_id FROM agents WHERE id = %s AND revoked_at IS NULL",
+                (agent_id,),
+            ).fetchone()
         if row is None:
             return None
         try:
@@ -169,23 +172,24 @@ class Intake:
         if not signature:
             raise Rejected("unauthenticated", Unauthenticated(
                 f"the {SIGNATURE_HEADER} header is required", field=SIGNATURE_HEADER))
-        with self.platform.db.pool.connection() as conn:
-            key = self.keys.get(conn, agent_id)
-            if key is None:
-                raise Rejected("unknown_agent", Unauthenticated(
-                    f"agent {agent_id!r} is not enrolled or was revoked", field=AGENT_HEADER))
-            if not verify(key.public_key, body, signature):
-                raise Rejected("bad_signature", Unauthenticated(
-                    "signature does not verify with the agent's enrolled key",
-                    field=SIGNATURE_HEADER))
-            batch = self._parse(body)
-            if batch.agent_id != agent_id:
-                raise Rejected("agent_mismatch", Forbidden(
-                    f"body says agent {batch.agent_id!r} but it was signed by {agent_id!r}",
-                    field="agent_id"))
-            problem = first_problem(batch, self._limits())
-            if problem is not None:
-                raise Rejected(problem.rule.value, problem.error())
+        pool = self.platform.db.pool
+        key = self.keys.get(pool, agent_id)
+        if key is None:
+            raise Rejected("unknown_agent", Unauthenticated(
+                f"agent {agent_id!r} is not enrolled or was revoked", field=AGENT_HEADER))
+        if not verify(key.public_key, body, signature):
+            raise Rejected("bad_signature", Unauthenticated(
+                "signature does not verify with the agent's enrolled key",
+                field=SIGNATURE_HEADER))
+        batch = self._parse(body)
+        if batch.agent_id != agent_id:
+            raise Rejected("agent_mismatch", Forbidden(
+                f"body says agent {batch.agent_id!r} but it was signed by {agent_id!r}",
+                field="agent_id"))
+        problem = first_problem(batch, self._limits())
+        if problem is not None:
+            raise Rejected(problem.rule.value, problem.error())
+        with pool.connection() as conn:  # held for the write only, not for the checks
             try:
                 written = self.writer.write(
                     conn, batch, site_id=key.site_id,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -376,3 +378,24 @@ def test_first_problem_accepts_valid_batch_and_refuses_stale_points():
                     points=[(now_ms() - 2 * 86_400_000, 1.0)])]
     problem = first_problem(_agent_batch(stale), _limits())
     assert problem is not None and problem.rule is Rule.STALE_TIMESTAMP
+
+
+def test_same_batch_posted_concurrently_is_stored_once(client, conn, agent):
+    """Racing copies of one batch meet at the reports primary key: one stored, the rest dups."""
+    batch = agent.batch(_recent())
+    body = batch.model_dump_json().encode()
+    headers = agent.signed(body)
+    start = threading.Barrier(6)
+
+    def post() -> str:
+        start.wait(timeout=30)
+        reply = client.post("/v1/reports", content=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["status"]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(lambda _: post(), range(6)))
+
+    assert statuses == ["duplicate"] * 5 + ["stored"]
+    assert counts(conn)["samples"] == batch.sample_count()
+    assert counts(conn)["reports"] == 1
