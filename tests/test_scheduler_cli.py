@@ -1,0 +1,79 @@
+"""``jinsuan job`` against a real platform served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from jinsuan.app import create_app
+from jinsuan.auth import Role, create_key
+from jinsuan.cli.job import job_app
+from jinsuan.platform import Platform
+from scheduler.seed import PoolSpec, seed_site
+
+
+@pytest.fixture
+def served(settings, db) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Platform(settings=settings, db=db)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_submit_from_yaml_show_why_not_list_and_cancel(served, conn, db, tmp_path):
+    seed_site(conn, db.partitions, name="taiyuan-1", city="Taiyuan", now=datetime.now(UTC),
+              pools=[PoolSpec("H100", 8, Decimal("10.00"))])
+    env = {"JINSUAN_URL": served, "COLUMNS": "200",
+           "JINSUAN_API_KEY": create_key(conn, Role.DISPATCHER, tenant="t1")}
+    spec = tmp_path / "job.yaml"
+    spec.write_text("project: llm\ntasks: 2\naccelerators_per_task: 8\n"
+                    "constraints:\n  models: [H100]\n"
+                    "payload:\n  command: [python, train.py]\n")
+    runner = CliRunner()
+    submitted = runner.invoke(job_app, ["submit", str(spec), "--priority", "5"], env=env)
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.strip()
+    assert job_id.startswith("job_")
+    shown = runner.invoke(job_app, ["show", job_id], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "why not placed yet" in shown.output and "too_small" in shown.output
+    listed = runner.invoke(job_app, ["list"], env=env)
+    assert job_id in listed.output and "queued" in listed.output
+    cancelled = runner.invoke(job_app, ["cancel", job_id], env=env)
+    assert cancelled.output.strip() == "cancelled"
+    watched = runner.invoke(job_app, ["watch", job_id], env=env)
+    assert watched.exit_code == 0 and "cancelled" in watched.output
+
+
+def test_bad_specs_name_the_file_and_field(served, conn, tmp_path):
+    env = {"JINSUAN_URL": served, "JINSUAN_API_KEY": create_key(conn, Role.DISPATCHER,
+                                                                tenant="t1")}
+    spec = tmp_path / "job.yaml"
+    spec.write_text("project: llm\naccelerators_per_task: 0\npayload: {command: [x]}\n")
+    runner = CliRunner()
+    result = runner.invoke(job_app, ["submit", str(spec)], env=env)
+    assert result.exit_code == 2
+    assert "job.yaml" in result.output and "accelerators_per_task" in result.output
+    flags = runner.invoke(job_app, ["submit", "--project", "p", "-c", "true", "--env", "novalue"],
+                          env=env)
+    assert flags.exit_code == 2 and "KEY=VALUE" in flags.output
+    other = runner.invoke(job_app, ["show", "job_nope"], env=env)
+    assert other.exit_code == 2 and "404" in other.output
