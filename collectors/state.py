@@ -179,7 +179,7 @@ def _meters(
         "  AND s.metric IN ('meter_energy_joules_total', 'meter_power_watts')"
         " LEFT JOIN samples x ON x.series_id = s.id AND x.ts >= %s AND x.ts <= %s"
         " WHERE m.site_id = ANY(%s)"
-        " ORDER BY m.site_id, m.id, s.metric, x.ts",
+        " ORDER BY s.id, x.ts",
         (start - _MARGIN, end, site_ids),
     ).fetchall()
     points: dict[tuple[int, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(
