@@ -218,6 +218,7 @@ def _candidates(sites: Iterable[SiteView], c: Constraints, cfg: SchedulerConfig
         local_term = 1.0 if site.city in c.cities else 0.0
         out.append(_Candidate(site, pool, w.price * price_term + w.pue * energy_term
                               + w.locality * local_term))
+    out.sort(key=lambda c: (-c.static_score, c.site.id))
     return out
 
 
@@ -310,7 +311,8 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
     heapq.heapify(heap)
     position = dict.fromkeys(queues, 0)
 
-    candidates: dict[str, list[_Candidate]] = {}
+    every_pool: dict[str, list[_Candidate]] = {}  # per constraints: every pool that passes
+    candidates: dict[str, list[_Candidate]] = {}  # the same, less those found full
     smallest_failure: dict[str, int] = {}  # per constraints: a need that found no room
     held = _kept_reservations(snapshot)
     nothing_to_hold: set[tuple[str, int]] = set()  # (constraints, need): every pool taken
@@ -328,7 +330,8 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
             considered += 1
             key = job.constraints_key
             if key not in candidates:
-                candidates[key] = _candidates(snapshot.sites, job.constraints, cfg)
+                every_pool[key] = _candidates(snapshot.sites, job.constraints, cfg)
+                candidates[key] = list(every_pool[key])
             failed_at = smallest_failure.get(key)
             if failed_at is not None and job.need >= failed_at:
                 chosen = None  # capacity only shrinks within a cycle: this cannot fit either
@@ -340,7 +343,7 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
                 if (job.need > 1 and job.submitted_at <= reserve_before
                         and len(held) < cfg.max_reservations
                         and (key, job.need) not in nothing_to_hold
-                        and not _reserve(job, candidates[key], held, now)):
+                        and not _reserve(job, every_pool[key], held, now)):
                     nothing_to_hold.add((key, job.need))
                 continue
             chosen.pool.reserved += job.need
@@ -368,13 +371,21 @@ def _score(job: QueuedJob, cand: _Candidate, cfg: SchedulerConfig) -> float:
 
 def _choose(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str], Reservation],
             cfg: SchedulerConfig, now: datetime) -> tuple[_Candidate | None, bool]:
+    """The best-scoring pool with room. ``cands`` is sorted by static score, best first, and the
+    load term adds at most ``weights.load``, so the scan stops once no later pool can win; pools
+    found full are dropped from ``cands`` (within a cycle capacity only shrinks)."""
     best: _Candidate | None = None
     best_score = 0.0
     blocked_by_hold = False
     need = job.need
+    ceiling = cfg.weights.load
+    full = 0
     for cand in cands:
+        if best is not None and cand.static_score + ceiling < best_score:
+            break
         pool = cand.pool
         if pool.free < need:
+            full += pool.free <= 0
             continue
         hold = held.get((cand.site.id, pool.model))
         if hold is not None and hold.job_id != job.id and not _backfills(job, hold, now):
@@ -383,6 +394,8 @@ def _choose(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str],
         score = _score(job, cand, cfg)
         if best is None or score > best_score:
             best, best_score = cand, score
+    if full > 32:
+        cands[:] = [c for c in cands if c.pool.free > 0]
     return best, blocked_by_hold
 
 

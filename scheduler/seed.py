@@ -50,15 +50,14 @@ def seed_site(conn: psycopg.Connection, partitions: Partitions, *, name: str, ci
                 conn.execute(
                     "INSERT INTO site_prices (site_id, model, yuan_per_accelerator_hour)"
                     " VALUES (%s, %s, %s)", (site_id, pool.model, pool.price))
-            for i in range(pool.count):
-                uuid = f"{name}-{pool.model}-{i}"
-                devices.append(uuid)
-                conn.execute(
-                    "INSERT INTO accelerators (site_id, uuid, model, vendor, domestic,"
-                    " memory_total_bytes, fp16_tflops, first_seen, last_seen)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (site_id, uuid, pool.model, pool.vendor, pool.domestic,
-                     int(pool.memory_gb * 1e9), pool.fp16_tflops, now, now))
+            uuids = [f"{name}-{pool.model}-{i}" for i in range(pool.count)]
+            devices += uuids
+            conn.execute(
+                "INSERT INTO accelerators (site_id, uuid, model, vendor, domestic,"
+                " memory_total_bytes, fp16_tflops, first_seen, last_seen)"
+                " SELECT %s, u, %s, %s, %s, %s, %s, %s, %s FROM unnest(%s::text[]) u",
+                (site_id, pool.model, pool.vendor, pool.domestic, int(pool.memory_gb * 1e9),
+                 pool.fp16_tflops, now, now, uuids))
         conn.execute(
             "INSERT INTO series (site_id, metric, device)"
             " SELECT %s, 'accelerator_up', d FROM unnest(%s::text[]) d", (site_id, devices))
