@@ -77,6 +77,10 @@ class FleetCollector(Collector):
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so registering does not query the store."""
+        yield from fleet_families([])
+
     def collect(self) -> Iterator[Metric]:
         with self.db.pool.connection() as conn:
             states = site_states(conn)
