@@ -259,7 +259,7 @@ def _valid_ident(value: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CycleReport:
-    seq: int | None  # None when the batch could not be spooled
+    seq: int | None  # None when nothing was spooled (no points read, or the spool full)
     unix_ms: int
     series: int
     results: tuple[ProbeResult, ...]
@@ -328,7 +328,12 @@ class Agent:
                 log.warning("cycle overran: skipping %d tick(s)", missed)
 
     def cycle(self) -> CycleReport:
-        """Read every probe once and spool the batch."""
+        """Read every probe once and spool the batch.
+
+        A cycle in which no probe produced a single point spools nothing: there is no
+        measurement to report, and the gap is what the platform should see (the probe failures
+        are logged and on /metrics).
+        """
         unix_ms = round(self.clock.time() * 1000)
         now = datetime.fromtimestamp(unix_ms / 1000, UTC)
         results = read_probes(self.probes, now)
@@ -336,6 +341,9 @@ class Agent:
         self._account(results, merged)
         self.metrics.latest.update(merged.latest, merged.inventory)
         self.metrics.cycles.inc()
+        if not merged.series:
+            log.warning("cycle read nothing from any probe; no batch spooled")
+            return CycleReport(None, unix_ms, 0, tuple(results))
         agent_id, key = self.identity.agent_id, self.identity.key
 
         def body_for(seq: int) -> bytes:

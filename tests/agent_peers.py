@@ -7,9 +7,9 @@ validates the batch with the wire schema, and stores each ``(agent, seq)`` once,
 429, drop the connection without answering, hold a request open until released, or go down
 entirely and come back on the same port.
 
-``JournalProbe`` emits a fixed number of series whose values are a function of the read time,
-and appends what it produced to a journal file (fsynced) before returning, so a test knows
-every sample the agent was handed, even across SIGKILL.
+``JournalProbe`` emits a fixed number of series whose values are a function of the read time
+(``power_at``), and appends each read's time to a journal file (fsynced) before returning, so a
+test knows every sample the agent was handed, even across SIGKILL.
 """
 
 from __future__ import annotations
@@ -57,14 +57,16 @@ class Rule:
 class ReceiverState:
     tokens: set[str] = field(default_factory=set)
     keys: dict[str, str] = field(default_factory=dict)  # agent id -> public key b64
-    stored: dict[tuple[str, int], Batch] = field(default_factory=dict)
+    # (agent, seq) -> what `keep` made of the batch
+    stored: dict[tuple[str, int], Any] = field(default_factory=dict)
     arrivals: list[Arrival] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
 
 
 class Receiver:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, keep: Callable[[Batch], Any] | None = None) -> None:
         self.state = ReceiverState()
+        self.keep = keep or (lambda batch: batch)
         self.lock = threading.Lock()
         self.held = threading.Event()  # a request is being held open
         self.release = threading.Event()  # let held requests go (their client may be dead)
@@ -127,13 +129,6 @@ class Receiver:
                     seen.setdefault(arrival.seq)
         return list(seen)
 
-    def samples(self, agent: str) -> list[tuple[str, str, int, float]]:
-        """Every stored sample, duplicates kept (so a test can prove there are none)."""
-        with self.lock:
-            batches = [b for (a, _), b in self.state.stored.items() if a == agent]
-        return [(s.metric, s.device, ts, v) for b in batches for s in b.series
-                for ts, v in s.points]
-
     # request handling (called on server threads)
     def _take_rule(self, seq: int) -> Rule | None:
         for rule in self.state.rules:
@@ -154,6 +149,7 @@ class Receiver:
 def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
@@ -219,7 +215,8 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 key_ = (agent, batch.seq)
                 status = "duplicate" if key_ in receiver.state.stored else "stored"
-                receiver.state.stored.setdefault(key_, batch)
+                if key_ not in receiver.state.stored:
+                    receiver.state.stored[key_] = receiver.keep(batch)
                 if rule is None:
                     receiver._note(Arrival(agent, batch.seq, 200, status))
             if rule is not None:  # committed, but hold the answer like a stalled network
@@ -253,42 +250,86 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 # -- deterministic probe ---------------------------------------------------------------------
 
 
+def power_at(unix_ms: int, device: int) -> float:
+    """The journal probe's value for ``device`` at ``unix_ms``: plausible watts, hard to gzip."""
+    return ((unix_ms * 2654435761 + device * 40503) % 1_000_003) / 1000.0
+
+
 class JournalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path
-    devices: int = Field(default=4, ge=1)
+    devices: int = Field(default=4, ge=1, le=10_000)
+    max_reads: int | None = Field(default=None, ge=1,
+                                  description="Reads (over all runs) after which it reads nothing.")
 
 
 class JournalProbe:
-    """``devices`` accelerators whose power is a function of the read time; journals each read."""
+    """``devices`` accelerators whose power is ``power_at(time, index)``.
+
+    Each read's time is appended to the journal (fsynced) before the read returns, so the
+    journal lists every read the agent was handed, across restarts and SIGKILL.
+    """
 
     name = "journal"
 
     def __init__(self, config: JournalConfig) -> None:
         self.config = config
         self._uuids = [f"GPU-{i:04d}" for i in range(config.devices)]
+        self._reads = len(_repair(config.path))
 
     def read(self, now: datetime) -> Reading:
+        if self.config.max_reads is not None and self._reads >= self.config.max_reads:
+            return Reading()
         unix_ms = round(now.timestamp() * 1000)
-        points = [Point("accelerator_power_watts", uuid, float(unix_ms % 997 + i))
+        points = [Point("accelerator_power_watts", uuid, power_at(unix_ms, i))
                   for i, uuid in enumerate(self._uuids)]
         with open(self.config.path, "a", encoding="utf-8") as journal:
-            journal.write(json.dumps([[p.metric, p.device, unix_ms, p.value] for p in points])
-                          + "\n")
+            journal.write(f"{unix_ms}\n")
             journal.flush()
             os.fsync(journal.fileno())
+        self._reads += 1
         accelerators = [AcceleratorInfo(uuid=u, model="NVIDIA H800", vendor="NVIDIA")
                         for u in self._uuids]
         return Reading(points=points, accelerators=accelerators)
 
 
-def journal_samples(path: Path) -> list[list[tuple[str, str, int, float]]]:
-    """The journal, one list of samples per read, in order."""
+def _repair(path: Path) -> list[int]:
+    """At probe start (the only writer is not running): drop a line cut short by SIGKILL."""
+    if path.exists():
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return journal_reads(path)
+
+
+def journal_reads(path: Path) -> list[int]:
+    """The read times journaled so far; read-only, so safe while the agent is appending."""
     if not path.exists():
         return []
-    return [[tuple(s) for s in json.loads(line)]  # type: ignore[misc]
-            for line in path.read_text(encoding="utf-8").splitlines() if line]
+    data = path.read_bytes()
+    return [int(line) for line in data[: data.rfind(b"\n") + 1].decode().split()]
+
+
+@dataclass(frozen=True)
+class JournalBatch:
+    """What the receiver keeps of a journal probe's batch: its read times and a value check."""
+
+    times: tuple[int, ...]
+    samples: int
+    wrong: int  # samples whose value is not power_at(time, device)
+
+
+def summarize(batch: Batch) -> JournalBatch:
+    times: set[int] = set()
+    samples = wrong = 0
+    for series in batch.series:
+        index = int(series.device[4:8])  # "GPU-0042" or "GPU-0042-<hex>"
+        for unix_ms, value in series.points:
+            times.add(unix_ms)
+            samples += 1
+            wrong += value != power_at(unix_ms, index)
+    return JournalBatch(tuple(sorted(times)), samples, wrong)
 
 
 class BrokenConfig(BaseModel):
