@@ -62,13 +62,24 @@ if ! munge -n </dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- munged
 fi
 
-running() { pgrep -x "$1" >/dev/null; }
+# A daemon is alive if the pid file its config names holds a live process (this also finds
+# daemons started by systemd; procps may be absent on slim images, so no pgrep).
+conf_value() {
+    local value
+    value="$(sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\([^[:space:]#]*\).*/\1/Ip" \
+        "$CONF_DIR/slurm.conf" | tail -n 1)"
+    echo "${value:-$2}"
+}
+running() {
+    local pidfile="$1"
+    [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
 
-if ! running slurmctld; then
+if ! running "$(conf_value SlurmctldPidFile /run/slurmctld.pid)"; then
     log "starting slurmctld"
     slurmctld
 fi
-if ! running slurmd; then
+if ! running "$(conf_value SlurmdPidFile /run/slurmd.pid)"; then
     log "starting slurmd"
     slurmd
 fi
