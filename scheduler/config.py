@@ -10,7 +10,7 @@ class Weights(BaseModel):
     """How much each score term counts when choosing among sites that can take a job.
 
     Each term is in [0, 1]: ``price`` is the cheapest candidate's price over this site's,
-    ``pue`` is 1/PUE over the last 24 h, ``load`` is the pool's free fraction after placing,
+    ``pue`` is 1/PUE over the last 24 h, ``load`` is the pool's free fraction before placing,
     ``locality`` is 1 in a preferred city.
     """
 

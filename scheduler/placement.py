@@ -12,7 +12,7 @@ of it is free now, it is not reserved for a waiting gang job.
 
 **Scores** (weights in ``SchedulerConfig.weights``): price (cheapest candidate / this price),
 energy (1 / the site's PUE over the last 24 h; unknown PUE scores as 1.5), load balance (the
-pool's free fraction after placing), locality (1 in a preferred city). A retry avoids the sites
+pool's free fraction before placing), locality (1 in a preferred city). A retry avoids the sites
 where earlier runs of the job failed or were lost, unless no other site fits.
 
 **Order: weighted dominant-resource fair share, then priority with ageing.** Each model pool
@@ -312,7 +312,7 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
     position = dict.fromkeys(queues, 0)
 
     every_pool: dict[str, list[_Candidate]] = {}  # per constraints: every pool that passes
-    candidates: dict[str, list[_Candidate]] = {}  # the same, less those found full
+    candidates: dict[str, _PoolQueue] = {}  # the same, best first, as capacity changes
     smallest_failure: dict[str, int] = {}  # per constraints: a need that found no room
     held = _kept_reservations(snapshot)
     nothing_to_hold: set[tuple[str, int]] = set()  # (constraints, need): every pool taken
@@ -331,12 +331,12 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
             key = job.constraints_key
             if key not in candidates:
                 every_pool[key] = _candidates(snapshot.sites, job.constraints, cfg)
-                candidates[key] = list(every_pool[key])
+                candidates[key] = _PoolQueue(every_pool[key], cfg.weights.load)
             failed_at = smallest_failure.get(key)
             if failed_at is not None and job.need >= failed_at:
                 chosen = None  # capacity only shrinks within a cycle: this cannot fit either
             else:
-                chosen, blocked_by_hold = _choose(job, candidates[key], held, cfg, now)
+                chosen, blocked_by_hold = candidates[key].choose(job, held, now)
                 if chosen is None and not blocked_by_hold:
                     smallest_failure[key] = min(job.need, failed_at or job.need)
             if chosen is None:
@@ -362,41 +362,64 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
 
 def _score(job: QueuedJob, cand: _Candidate, cfg: SchedulerConfig) -> float:
     pool = cand.pool
-    load_term = (pool.free - job.need) / pool.healthy if pool.healthy else 0.0
-    score = cand.static_score + cfg.weights.load * load_term
+    score = cand.static_score + cfg.weights.load * _free_fraction(pool)
     if cand.site.id in job.avoid_sites:
         score -= cfg.retry_elsewhere_penalty
     return score
 
 
-def _choose(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str], Reservation],
-            cfg: SchedulerConfig, now: datetime) -> tuple[_Candidate | None, bool]:
-    """The best-scoring pool with room. ``cands`` is sorted by static score, best first, and the
-    load term adds at most ``weights.load``, so the scan stops once no later pool can win; pools
-    found full are dropped from ``cands`` (within a cycle capacity only shrinks)."""
-    best: _Candidate | None = None
-    best_score = 0.0
-    blocked_by_hold = False
-    need = job.need
-    ceiling = cfg.weights.load
-    full = 0
-    for cand in cands:
-        if best is not None and cand.static_score + ceiling < best_score:
+def _free_fraction(pool: Pool) -> float:
+    return pool.free / pool.healthy if pool.healthy else 0.0
+
+
+class _PoolQueue:
+    """The pools open to one set of constraints, best score first, kept as a lazy heap.
+
+    A pool's score changes only when its free count does; an entry remembers the free count it
+    was scored with and is re-scored when popped stale. Choosing pops entries until one fits the
+    job (and is not held for another job, and is not a site the job failed at), then pushes the
+    others back: a job costs O(log pools) while the best pools have room.
+    """
+
+    def __init__(self, cands: list[_Candidate], load_weight: float) -> None:
+        self._load = load_weight
+        self._heap = [self._entry(i, c) for i, c in enumerate(cands) if c.pool.free > 0]
+        heapq.heapify(self._heap)
+
+    def _entry(self, order: int, cand: _Candidate) -> tuple[float, int, int, _Candidate]:
+        key = cand.static_score + self._load * _free_fraction(cand.pool)
+        return (-key, order, cand.pool.free, cand)
+
+    def choose(self, job: QueuedJob, held: dict[tuple[int, str], Reservation],
+               now: datetime) -> tuple[_Candidate | None, bool]:
+        heap = self._heap
+        passed_over = []
+        fallback: _Candidate | None = None  # the best pool at a site the job failed at
+        chosen: _Candidate | None = None
+        blocked_by_hold = False
+        while heap:
+            entry = heapq.heappop(heap)
+            _, order, free_then, cand = entry
+            pool = cand.pool
+            if pool.free != free_then:
+                if pool.free > 0:
+                    heapq.heappush(heap, self._entry(order, cand))
+                continue
+            passed_over.append(entry)
+            if pool.free < job.need:
+                continue
+            hold = held.get((cand.site.id, pool.model))
+            if hold is not None and hold.job_id != job.id and not _backfills(job, hold, now):
+                blocked_by_hold = True
+                continue
+            if cand.site.id in job.avoid_sites:
+                fallback = fallback or cand
+                continue
+            chosen = cand
             break
-        pool = cand.pool
-        if pool.free < need:
-            full += pool.free <= 0
-            continue
-        hold = held.get((cand.site.id, pool.model))
-        if hold is not None and hold.job_id != job.id and not _backfills(job, hold, now):
-            blocked_by_hold = True
-            continue
-        score = _score(job, cand, cfg)
-        if best is None or score > best_score:
-            best, best_score = cand, score
-    if full > 32:
-        cands[:] = [c for c in cands if c.pool.free > 0]
-    return best, blocked_by_hold
+        for entry in passed_over:
+            heapq.heappush(heap, entry)
+        return chosen or fallback, blocked_by_hold
 
 
 def _kept_reservations(snapshot: Snapshot) -> dict[tuple[int, str], Reservation]:

@@ -1,0 +1,361 @@
+"""Scheduler throughput and latency against a real PostgreSQL, with baselines from the same run.
+
+1. **Placements per second through the real cycle.** 200 sites (two accelerator pools each),
+   20 tenants, 50,000 queued jobs from a dozen constraint templates (models, domestic only,
+   price caps, preferred cities, gangs of 2 and 4). ``scheduler.cycle.run_cycle`` runs until it
+   places nothing more; each cycle is snapshot + decide + one committing transaction. Baseline:
+   a raw INSERT of the same number of run rows, in one statement, into a copy of the runs
+   table — the store's ceiling for writing placements.
+2. **Submit-to-lease latency at a steady submit rate.** A platform process (uvicorn on
+   loopback, the placement cycle in the background) takes POST /v1/jobs from 20 dispatcher keys
+   at ``--rate`` per second for ``--seconds``; the 200 sites' agents poll ``/v1/leases``
+   (signed) every ``--poll-s``. Latency is the platform's own timestamps: job submitted →
+   run placed, and → run leased to the agent (which includes the agents' polling interval).
+   Baseline: the round trip of the submit POST itself.
+
+    python bench/scheduler.py [--jobs 50000] [--sites 200] [--tenants 20] [--rate 500]
+                              [--seconds 10] [--poll-s 0.25]
+
+PostgreSQL: $JINSUAN_BENCH_PG (an admin URL) or 127.0.0.1:5432; databases are created for the
+run and dropped after it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# ruff: noqa: E402  (imports follow the sys.path fix below)
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# ``scheduler`` package it measures; put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import psycopg
+
+from jinsuan.auth import Role, create_key
+from jinsuan.leasewire import AGENT_HEADER, LEASES_PATH, SIGNATURE_HEADER, LeaseRequest
+from jinsuan.settings import Settings
+from jinsuan.signing import new_private_key, public_key_b64, sign
+from jinsuan.store import Database
+from scheduler.config import SchedulerConfig
+from scheduler.cycle import run_cycle
+from scheduler.jobs import new_job_id
+from scheduler.seed import PoolSpec, seed_site
+from scheduler.spec import Constraints, JobSpec
+
+ADMIN_URL = os.environ.get("JINSUAN_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+ROOT = Path(__file__).resolve().parent.parent
+CITIES = ["Taiyuan", "Datong", "Yangquan", "Changzhi", "Jincheng", "Shuozhou", "Jinzhong",
+          "Yuncheng", "Xinzhou", "Linfen", "Lüliang"]
+MODELS = [("H100", "NVIDIA", False, 989.0), ("A800", "NVIDIA", False, 312.0),
+          ("910B", "Huawei", True, 320.0), ("MLU370", "Cambricon", True, 96.0)]
+TEMPLATES = [
+    Constraints(), Constraints(models=("H100",)), Constraints(models=("910B",)),
+    Constraints(domestic_only=True), Constraints(max_price=Decimal("10.00")),
+    Constraints(cities=("Taiyuan",)), Constraints(cities=("Datong", "Shuozhou")),
+    Constraints(models=("A800", "H100"), max_price=Decimal("12.00")),
+    Constraints(min_fp16_tflops=300), Constraints(vendor="Huawei"),
+    Constraints(in_province_only=False), Constraints(domestic_only=True, cities=("Changzhi",)),
+]
+
+
+def _database(name: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(ADMIN_URL)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+class BenchDatabase:
+    def __init__(self, label: str) -> None:
+        self.name = f"jinsuan_bench_{label}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = _database(self.name)
+        self.db = Database.open(Settings(database_url=self.url, run_background_jobs=False,
+                                         data_dir=Path(tempfile.mkdtemp()), pool_max_size=4))
+
+    def close(self) -> None:
+        self.db.close()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def seed_sites(db: Database, count: int, per_pool: int, rng: random.Random
+               ) -> list[tuple[int, str, object]]:
+    now = datetime.now(UTC)
+    out = []
+    with db.pool.connection() as conn:
+        for i in range(count):
+            key = new_private_key()
+            pools = [PoolSpec(m, per_pool, Decimal(rng.randint(600, 1400)) / 100, vendor=v,
+                              domestic=d, fp16_tflops=t)
+                     for m, v, d, t in rng.sample(MODELS, 2)]
+            site_id, agent_id = seed_site(
+                conn, db.partitions, name=f"site{i:03d}", city=CITIES[i % len(CITIES)],
+                pools=pools, now=now, public_key=public_key_b64(key),
+                in_province=i % 10 != 9)
+            facility = Decimal(rng.randint(110, 160)) / 100
+            conn.execute(
+                "INSERT INTO rollup_site_hourly (site_id, hour, it_kwh, facility_kwh, pue,"
+                " fp16_pflops, accelerators, racks, coverage_it, coverage_facility,"
+                " coverage_accelerators) VALUES (%s, date_trunc('hour', now()) - interval '1h',"
+                " 100, %s, %s, 0, 0, 0, 1, 1, 1)", (site_id, 100 * facility, facility))
+            out.append((site_id, agent_id, key))
+    return out
+
+
+def queue_jobs(db: Database, jobs: int, tenants: int, rng: random.Random) -> None:
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(jobs):
+        template = TEMPLATES[i % len(TEMPLATES)]
+        size = rng.choice((1, 1, 1, 1, 1, 1, 1, 2, 2, 4))
+        spec = JobSpec(project="bench", accelerators_per_task=size, constraints=template,
+                       priority=rng.randint(0, 10), max_runtime_s=3600,
+                       payload={"command": ["sleep", "1"]})
+        rows.append((new_job_id(), f"tenant{i % tenants:02d}", "bench", "",
+                     spec.model_dump_json(), spec.constraints_key(), 1, size, spec.priority,
+                     3600, 0, "queued", now - timedelta(seconds=jobs - i), now))
+    with db.pool.connection() as conn, conn.cursor() as cur, cur.copy(
+            "COPY jobs (id, tenant, project, name, spec, constraints, tasks,"
+            " accelerators_per_task, priority, max_runtime_s, retries, state, submitted_at,"
+            " state_changed_at) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def bench_placements(args: argparse.Namespace) -> dict[str, float]:
+    rng = random.Random(7)
+    bench = BenchDatabase("place")
+    try:
+        seed_sites(bench.db, args.sites, args.per_pool, rng)
+        queue_jobs(bench.db, args.jobs, args.tenants, rng)
+        cfg = SchedulerConfig()
+        placed = cycles = 0
+        longest = 0.0
+        with bench.db.pool.connection() as conn:
+            conn.execute("ANALYZE")
+            started = time.perf_counter()
+            while True:
+                result = run_cycle(conn, cfg)
+                cycles += 1
+                placed += result.placed
+                longest = max(longest, result.seconds)
+                if result.placed == 0:
+                    break
+            elapsed = time.perf_counter() - started
+            waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'"
+                                   ).fetchone()[0]
+            baseline = raw_insert_rate(conn, placed)
+        return {"placed": placed, "cycles": cycles, "seconds": elapsed, "longest": longest,
+                "waiting": waiting, "rate": placed / elapsed, "baseline": baseline}
+    finally:
+        bench.close()
+
+
+def raw_insert_rate(conn: psycopg.Connection, rows: int) -> float:
+    """Rows per second of one INSERT of ``rows`` run-shaped rows into a copy of ``runs``."""
+    conn.execute("CREATE TABLE runs_baseline (LIKE runs INCLUDING ALL)")
+    conn.execute("DROP SEQUENCE IF EXISTS baseline_tokens")
+    conn.execute("CREATE SEQUENCE baseline_tokens")
+    ids = [f"run_b{i:08d}" for i in range(rows)]
+    jobs = [f"job_b{i:08d}" for i in range(rows)]
+    started = time.perf_counter()
+    conn.execute(
+        "INSERT INTO runs_baseline (id, job_id, attempt, site_id, model, accelerators,"
+        " fencing_token, state, lease_expires_at, placed_at)"
+        " SELECT u.id, u.job, 1, 1, 'H100', 1, nextval('baseline_tokens'), 'placed',"
+        " now(), now() FROM unnest(%s::text[], %s::text[]) AS u(id, job)", (ids, jobs))
+    return rows / (time.perf_counter() - started)
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_SERVE = """
+import uvicorn
+from jinsuan.app import create_app
+from jinsuan.platform import Platform
+from jinsuan.settings import Settings
+from jinsuan.store import Database
+settings = Settings()
+uvicorn.run(create_app(Platform(settings=settings, db=Database.open(settings))),
+            host="127.0.0.1", port=settings.port, log_level="warning")
+"""
+
+
+def _poll_agents(url: str, agents: list, every: float, stop: threading.Event) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            for _, agent_id, key in agents:
+                body = LeaseRequest(agent_id=agent_id, sent_at=datetime.now(UTC),
+                                    executor="process", free_slots=512
+                                    ).model_dump_json().encode()
+                client.post(LEASES_PATH, content=body, headers={
+                    AGENT_HEADER: agent_id, SIGNATURE_HEADER: sign(key, body)})
+            stop.wait(max(every - (time.monotonic() - started), 0))
+
+
+def _submit(url: str, keys: list[str], rate: float, seconds: float, rtts: list[float],
+            rng: random.Random) -> None:
+    bodies = []
+    for i in range(int(rate * seconds)):
+        size = rng.choice((1, 1, 1, 2, 4))
+        spec = JobSpec(project="bench", accelerators_per_task=size,
+                       constraints=TEMPLATES[i % len(TEMPLATES)], max_runtime_s=600,
+                       payload={"command": ["sleep", "1"]})
+        bodies.append((keys[i % len(keys)], spec.model_dump(mode="json", exclude_none=True)))
+    with httpx.Client(base_url=url, timeout=30) as client:
+        start = time.monotonic()
+        for i, (key, body) in enumerate(bodies):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent = time.perf_counter()
+            reply = client.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
+            rtts.append(time.perf_counter() - sent)
+            reply.raise_for_status()
+
+
+def bench_latency(args: argparse.Namespace) -> dict[str, float]:
+    rng = random.Random(11)
+    bench = BenchDatabase("lease")
+    server = None
+    try:
+        agents = seed_sites(bench.db, args.sites, args.per_pool, rng)
+        with bench.db.pool.connection() as conn:
+            keys = [create_key(conn, Role.DISPATCHER, tenant=f"tenant{t:02d}")
+                    for t in range(args.tenants)]
+        port = _free_port()
+        env = {**os.environ, "DATABASE_URL": bench.url, "JINSUAN_PORT": str(port),
+               "JINSUAN_SCHED_CYCLE_EVERY_S": str(args.cycle_s),
+               "JINSUAN_DATA_DIR": tempfile.mkdtemp()}
+        server = subprocess.Popen([sys.executable, "-c", _SERVE], cwd=ROOT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the platform did not start") from None
+                time.sleep(0.1)
+        stop = threading.Event()
+        pollers = [threading.Thread(target=_poll_agents,
+                                    args=(url, agents[i::args.pollers], args.poll_s, stop))
+                   for i in range(args.pollers)]
+        for t in pollers:
+            t.start()
+        rtts: list[float] = []
+        per = args.rate / args.submitters
+        submitters = [threading.Thread(target=_submit,
+                                       args=(url, keys, per, args.seconds, rtts,
+                                             random.Random(i)))
+                      for i in range(args.submitters)]
+        started = time.monotonic()
+        for t in submitters:
+            t.start()
+        for t in submitters:
+            t.join()
+        achieved = len(rtts) / (time.monotonic() - started)
+        with bench.db.pool.connection() as conn:
+            wait_until = time.monotonic() + 15
+            while time.monotonic() < wait_until:
+                waiting = conn.execute("SELECT count(*) FROM jobs WHERE state IN"
+                                       " ('queued', 'placed')").fetchone()[0]
+                if waiting == 0:
+                    break
+                time.sleep(0.2)
+            stop.set()
+            rows = conn.execute(
+                "SELECT extract(epoch FROM r.placed_at - j.submitted_at),"
+                " extract(epoch FROM r.leased_at - j.submitted_at)"
+                " FROM jobs j JOIN runs r ON r.job_id = j.id AND r.attempt = 1").fetchall()
+            unplaced = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'"
+                                    ).fetchone()[0]
+        for t in pollers:
+            t.join()
+        placed = sorted(float(r[0]) for r in rows)
+        leased = sorted(float(r[1]) for r in rows if r[1] is not None)
+        return {"submitted": len(rtts), "achieved": achieved, "unplaced": unplaced,
+                "placed_p50": _pct(placed, 50), "placed_p99": _pct(placed, 99),
+                "leased_p50": _pct(leased, 50), "leased_p99": _pct(leased, 99),
+                "leased": len(leased), "rtt_p50": _pct(sorted(rtts), 50),
+                "rtt_p99": _pct(sorted(rtts), 99)}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        bench.close()
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--per-pool", type=int, default=192, help="Accelerators per pool.")
+    parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=500.0, help="Submits per second.")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--submitters", type=int, default=8)
+    parser.add_argument("--pollers", type=int, default=4)
+    parser.add_argument("--poll-s", type=float, default=0.25)
+    parser.add_argument("--cycle-s", type=float, default=0.25)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+
+    p = bench_placements(args)
+    print(f"placement: {p['placed']:,} of {args.jobs:,} jobs placed on {args.sites} sites for"
+          f" {args.tenants} tenants in {p['cycles']} cycles, {p['seconds']:.2f} s"
+          f" (longest cycle {p['longest']:.2f} s; {p['waiting']:,} left waiting: no room)")
+    print(f"  placements/s through the cycle: {p['rate']:,.0f}")
+    print(f"  baseline, raw INSERT of as many run rows: {p['baseline']:,.0f} rows/s")
+    print(f"  ratio: {p['rate'] / p['baseline']:.3f}")
+    if args.skip_latency:
+        return
+    latency = bench_latency(args)
+    print(f"latency: {latency['submitted']:,} submits at {latency['achieved']:.0f}/s (asked"
+          f" {args.rate:.0f}/s), agents polling every {args.poll_s} s, cycle every"
+          f" {args.cycle_s} s; {latency['unplaced']} not placed (no room)")
+    print(f"  submit → placed  p50 {latency['placed_p50'] * 1000:.0f} ms"
+          f"  p99 {latency['placed_p99'] * 1000:.0f} ms")
+    print(f"  submit → leased  p50 {latency['leased_p50'] * 1000:.0f} ms"
+          f"  p99 {latency['leased_p99'] * 1000:.0f} ms  ({latency['leased']:,} leased)")
+    print(f"  baseline, submit POST round trip  p50 {latency['rtt_p50'] * 1000:.1f} ms"
+          f"  p99 {latency['rtt_p99'] * 1000:.1f} ms")
+    print(f"  ratio (leased p99 / submit RTT p99): "
+          f"{latency['leased_p99'] / latency['rtt_p99']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
