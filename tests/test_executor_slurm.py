@@ -158,8 +158,12 @@ def test_waiting_and_running_states(tmp_path: Path) -> None:
     pending = {"JobState": "PENDING", "ExitCode": "0:0", "StartTime": "2026-11-27T00:00:00"}
     status = job_status(pending, log, SHANGHAI)
     assert status.state is RunPhase.PENDING and status.started_at is None  # an estimate only
-    running = {"JobState": "RUNNING", "ExitCode": "0:0", "StartTime": "2026-11-26T10:00:00",
-               "EndTime": "2026-11-26T11:00:00"}  # fmt: skip
+    running = {
+        "JobState": "RUNNING",
+        "ExitCode": "0:0",
+        "StartTime": "2026-11-26T10:00:00",
+        "EndTime": "2026-11-26T11:00:00",
+    }
     status = job_status(running, log, SHANGHAI)
     assert status.state is RunPhase.RUNNING
     assert status.started_at == datetime(2026, 11, 26, 2, 0, tzinfo=UTC)

@@ -45,16 +45,32 @@ from jinsuan.leasewire import Lease
 Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
 
 PENDING_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
-     "SPECIAL_EXIT"}
-)  # fmt: skip
+    {
+        "PENDING",
+        "CONFIGURING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
 RUNNING_STATES = frozenset(
     {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
 )
 FAILED_STATES = frozenset(
-    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-     "DEADLINE", "REVOKED"}
-)  # fmt: skip
+    {
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+    }
+)
 SUCCEEDED_STATE = "COMPLETED"
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A"})
 # sbatch messages that mean "try again later", not "this job can never be submitted".
