@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from jinsuan.cli.admin import keys_app, sites_app
+from jinsuan.cli.agent import agent_app
 from jinsuan.cli.platform import demo, serve
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.command()(serve)
 app.command()(demo)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
+app.add_typer(agent_app, name="agent")
 
 
 def main() -> None:
