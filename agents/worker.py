@@ -6,8 +6,10 @@ Each heartbeat (``step``):
    it takes. The reply renews held runs, hands out new ones, and names runs to ``cancel`` (stop
    them; their end is still reported, and the platform may refuse it) or ``lost`` (the lease is
    gone: stop them and report nothing more).
-2. New leases are started on the executor; a run the executor refuses for good (``StartError``)
-   is reported failed with the reason, one it could not reach is started again next time.
+2. New leases are recorded, then started on the executor; a run the executor refuses for good
+   (``StartError``) is reported failed with the reason, one whose backend could not be reached
+   (``ExecutorError``) is started again at the next heartbeat. A cancelled run that never
+   started is dropped without a report.
 3. Every run is polled; a change (running, then succeeded or failed) becomes an event in the
    outbox. The reason a run failed (timed out, cancelled, node failure) is appended to its log
    tail as a ``[jinsuan-agent]`` line, since the event has no field of its own for it.
@@ -153,13 +155,12 @@ class WorkerState:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, lease: Lease) -> bool:
-        """Record a new lease before starting it; False if the run is already known."""
-        cursor = self._db.execute(
+    def add(self, lease: Lease) -> None:
+        """Record a new lease before starting it; a run already known is left as it is."""
+        self._db.execute(
             "INSERT OR IGNORE INTO runs (run_id, fencing_token, lease) VALUES (?, ?, ?)",
             (lease.run_id, lease.fencing_token, lease.model_dump_json()),
         )
-        return cursor.rowcount == 1
 
     def runs(self) -> list[HeldRecord]:
         rows = self._db.execute(
@@ -342,14 +343,18 @@ class LeaseWorker:
                 self._cancel(record)
         for run_id in reply.cancel:
             record = self.state.get(run_id)
-            if record is not None and not record.cancel_sent:
-                log.info("run %s: cancelled by the platform; stopping it", run_id)
+            if record is None or record.cancel_sent or record.silenced:
+                continue
+            log.info("run %s: cancelled by the platform; stopping it", run_id)
+            if record.executor_ref is None:  # never started: nothing to stop, nothing to say
+                self.state.silence(run_id)
+                report.silenced.append(run_id)
+            else:
                 self._cancel(record)
         for lease in reply.new:
             if lease.run_id in reply.lost or lease.run_id in reply.cancel:
                 continue
-            if self.state.add(lease):
-                self._start(lease, report)
+            self.state.add(lease)  # started below, with any earlier start that failed for now
 
     def _cancel(self, record: HeldRecord) -> None:
         if record.executor_ref is None:

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from executor_kit import wait_for
 
+from agents.executors import ExecutorError
 from agents.executors.process import ProcessExecutor
 from agents.executors.supervise import proc_start_ticks
 from agents.uploader import Backoff
@@ -43,9 +44,7 @@ class Served:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -88,13 +87,13 @@ class Site:
         self.served = served
         self.workers: list[LeaseWorker] = []
 
-    def worker(self) -> LeaseWorker:
+    def worker(self, executor: ProcessExecutor | None = None) -> LeaseWorker:
         """A fresh agent process, as after a restart: new executor and worker, same state dir."""
         worker = LeaseWorker(
             platform_url=self.served.url,
             agent_id=self.agent_id,
             key=self.key,
-            executor=ProcessExecutor(state_dir=self.state_dir),
+            executor=executor or ProcessExecutor(state_dir=self.state_dir),
             state_path=self.state_dir / STATE_FILE,
             backoff=Backoff(base_s=0.01, cap_s=0.05),
             request_timeout_s=5,
@@ -315,6 +314,51 @@ def test_a_lease_that_cannot_start_is_reported_failed(site: Site, dispatcher, pl
     (run,) = job(dispatcher, job_id)["runs"]
     assert "could not start" in run["log_tail"] and "/nonexistent/dir" in run["log_tail"]
     assert worker.state.runs() == []
+
+
+class UnreachableAtFirst(ProcessExecutor):
+    """The backend cannot be asked for the first ``failures`` starts (a Slurm controller
+    restarting, say); then it works."""
+
+    def __init__(self, state_dir: Path, failures: int) -> None:
+        super().__init__(state_dir=state_dir)
+        self.failures = failures
+        self.tries = 0
+
+    def start(self, lease):
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise ExecutorError("slurmctld not responding")
+        return super().start(lease)
+
+
+def test_a_start_that_fails_for_now_is_tried_again(
+    site: Site, dispatcher, platform, tmp_path: Path
+) -> None:
+    job_id = submit(dispatcher, platform, ["/bin/sh", "-c", "echo ran"])
+    executor = UnreachableAtFirst(site.state_dir, failures=2)
+    worker = site.worker(executor)
+    reports = drive(worker, lambda: job(dispatcher, job_id)["state"] == "succeeded")
+    assert executor.tries == 3
+    assert [r for report in reports for r in report.started] == [
+        job(dispatcher, job_id)["runs"][0]["id"]
+    ]
+
+
+def test_a_cancelled_run_that_never_started_is_not_started(
+    site: Site, dispatcher, platform, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    job_id = submit(dispatcher, platform, ["/bin/sh", "-c", f"touch {ran}"])
+    executor = UnreachableAtFirst(site.state_dir, failures=1)
+    worker = site.worker(executor)
+    assert worker.step().started == []
+    dispatcher.post(f"/v1/jobs/{job_id}/cancel")
+    report = worker.step()
+    (run,) = job(dispatcher, job_id)["runs"]
+    assert report.reply.cancel == [run["id"]] and report.silenced == [run["id"]]
+    assert report.started == [] and worker.state.runs() == []
+    assert executor.tries == 1 and not ran.exists()
 
 
 def test_build_worker_reads_the_executor_section(tmp_path: Path) -> None:
