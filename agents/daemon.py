@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,11 +388,13 @@ class Agent:
 # -- entry points ----------------------------------------------------------------------------
 
 
-def run_agent(config: AgentConfig, *, clock: Clock | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT (or ``KeyboardInterrupt``).
+@contextmanager
+def running_agent(config: AgentConfig, *, clock: Clock | None = None) -> Iterator[Agent]:
+    """Start the agent (sampling, uploads, /metrics) in background threads; stop it on exit.
 
     Raises IdentityError if the agent is not enrolled and StartupError if a probe cannot start,
-    both before anything is sampled.
+    both before anything is sampled. Leaving the block stops sampling, lets an upload in
+    flight finish (or leaves it in the spool), and closes the probes and the spool.
     """
     settings = config.agent
     identity = load_identity(settings.state_dir)
@@ -402,31 +404,55 @@ def run_agent(config: AgentConfig, *, clock: Clock | None = None) -> None:
     probes = start_probes(config)
     metrics = AgentMetrics(config.site.name)
     clock = clock or SystemClock()
-    with Spool(settings.state_dir / SPOOL_FILE, settings.spool_max_bytes) as spool:
+    with ExitStack() as stack:
+        stack.callback(_close_probes, probes)
+        spool = stack.enter_context(Spool(settings.state_dir / SPOOL_FILE,
+                                          settings.spool_max_bytes))
         uploader = Uploader(
             spool, settings.platform_url, metrics=metrics, clock=clock,
             backoff=Backoff(settings.backoff_base_s, max(settings.backoff_cap_s,
                                                           settings.backoff_base_s)),
             timeout_s=settings.upload_timeout_s)
+        stack.callback(uploader.close)
         agent = Agent(config, identity, spool, probes, metrics=metrics, clock=clock,
                       uploader=uploader)
-        server = None
         if settings.metrics_listen:
             host, port = parse_listen(settings.metrics_listen)
             server = serve(metrics, host, port)
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
             log.info("serving /metrics on %s", settings.metrics_listen)
         log.info("agent %s for site %r: %d probe(s), every %gs, sending to %s, %d batch(es) "
                  "pending", identity.agent_id, config.site.name, len(probes),
                  settings.interval_s, settings.platform_url, spool.pending())
+        thread = threading.Thread(target=agent.run, name=f"agent-{config.site.name}",
+                                  daemon=True)
+        thread.start()
         try:
-            with _stop_on_signals(agent.stop):
-                agent.run()
+            yield agent
         finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-            uploader.close()
+            agent.stop()
+            thread.join()
     log.info("agent stopped")
+
+
+def run_agent(config: AgentConfig, *, clock: Clock | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT (or ``KeyboardInterrupt``)."""
+    stopped = threading.Event()
+    with running_agent(config, clock=clock), _stop_on_signals(stopped.set):
+        while not stopped.wait(1.0):
+            pass
+
+
+def _close_probes(slots: Sequence[ProbeSlot]) -> None:
+    """Close the probes that hold connections or sessions (SNMP engines, Redfish sessions)."""
+    for slot in slots:
+        close = getattr(slot.probe, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("closing probe %s failed", slot.name)
 
 
 @contextmanager
@@ -484,7 +510,11 @@ def check_sources(config: AgentConfig) -> list[SourceResult]:
     _unique_names(slots)
     now = datetime.now(UTC)
     unix_ms = round(now.timestamp() * 1000)
-    for slot, result in zip(slots, read_probes(slots, now), strict=True):
+    try:
+        results = read_probes(slots, now)
+    finally:
+        _close_probes(slots)
+    for slot, result in zip(slots, results, strict=True):
         assert slot.spec is not None
         reading = result.reading or Reading()
         dropped = assemble([result], (), unix_ms).discarded.get(result.name, [])
