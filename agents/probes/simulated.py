@@ -71,7 +71,7 @@ class SimulatedSiteConfig(BaseModel):
     seed: int = 0
     fleet: dict[str, int] = Field(default_factory=lambda: {"NVIDIA H800": 32})
     accelerators_per_rack: int = Field(default=16, gt=0)
-    pue_design: float = Field(default=1.25, ge=1.05, le=1.8,
+    pue_design: float = Field(default=1.25, ge=1.05, le=1.6,
                               description="PUE at 15 °C outside; hotter days cost more cooling.")
     climate_offset_c: float = Field(default=0.0,
                                     description="Outside temperature offset from Taiyuan's.")
@@ -198,7 +198,9 @@ class SimulatedSite:
             ]
         it_watts = accelerator_watts * (1 + cfg.host_overhead)
         temperature = outside_temperature_c(local, cfg.climate_offset_c)
-        pue = min(1.7, max(1.08, cfg.pue_design + 0.008 * (temperature - 15)))
+        # Cooling overhead grows 2 % per °C above 15 °C and shrinks below it (free cooling).
+        overhead = (cfg.pue_design - 1) * (1 + 0.02 * (temperature - 15))
+        pue = min(1.65, max(1.08, 1 + overhead))
         share = {"ups-a": 0.5, "ups-b": 0.5, "utility-main": pue}
         for meter in self._meters:
             if _unit(cfg.seed, meter.id, "gap", int(ts // 300)) < cfg.meter_gap_probability:

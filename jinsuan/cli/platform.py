@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 
-def _server(platform, host: str, port: int):  # -> uvicorn.Server
+def make_server(platform, host: str, port: int):  # -> uvicorn.Server
     import uvicorn
 
     from jinsuan.app import create_app
@@ -30,7 +30,7 @@ def serve(
     settings = Settings()
     db = Database.open(settings)
     try:
-        _server(Platform(settings, db), host or settings.host, port or settings.port).run()
+        make_server(Platform(settings, db), host or settings.host, port or settings.port).run()
     finally:
         db.close()
 

@@ -1,0 +1,244 @@
+"""``jinsuan demo``: the whole platform on one machine, with five simulated Shanxi sites.
+
+Everything here is the real thing except the sites' hardware: the platform's HTTP API and
+background jobs on the embedded (or ``DATABASE_URL``) PostgreSQL, and one real agent per site
+(config file, Ed25519 enrolment with a one-time token, spool, uploader) whose only probe is the
+simulated site. The agents' config files are written to the data directory, where an operator
+can read them as examples.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from jinsuan.auth import Role, authenticate, create_key
+from jinsuan.errors import NotFound
+from jinsuan.platform import Platform
+from jinsuan.settings import Settings
+from jinsuan.sites import create_enrolment_token, create_site, site_by_name
+from jinsuan.store import Database
+
+console = Console()
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSite:
+    name: str
+    city: str
+    enterprise: str
+    fleet: dict[str, int]
+    pue_design: float
+    climate_offset_c: float
+    edge: bool = False
+
+
+SITES: tuple[DemoSite, ...] = (
+    DemoSite("taiyuan-aicc", "太原", "晋能智算 Jinneng Compute",
+             {"NVIDIA H800": 128, "Ascend910B3": 128}, 1.22, 0.0),
+    DemoSite("datong-cloud", "大同", "云冈数据 Yungang Data",
+             {"NVIDIA H20": 96, "NVIDIA L20": 64, "NVIDIA A800-SXM4-80GB": 32}, 1.15, -3.0),
+    DemoSite("yangquan-dc", "阳泉", "阳泉云算 Yangquan Cloud",
+             {"NVIDIA A800-SXM4-80GB": 64, "NVIDIA L40S": 64}, 1.30, -1.0),
+    DemoSite("lvliang-dc", "吕梁", "晋能智算 Jinneng Compute",
+             {"NVIDIA GeForce RTX 4090": 48, "NVIDIA L20": 16}, 1.45, 1.0),
+    DemoSite("changzhi-edge", "长治", "上党边缘 Shangdang Edge",
+             {"NVIDIA L20": 16, "NVIDIA GeForce RTX 4090": 8}, 1.50, 1.5, edge=True),
+)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _agent_toml(site: DemoSite, seed: int, platform_url: str, state_dir: Path,
+                interval: float) -> str:
+    fleet = ", ".join(f'"{model}" = {count}' for model, count in site.fleet.items())
+    return "\n".join([
+        f"# The agent of the simulated site {site.name} ({site.city}), written by jinsuan demo.",
+        "[site]",
+        f'name = "{site.name}"',
+        "",
+        "[agent]",
+        f'platform_url = "{platform_url}"',
+        f'state_dir = "{state_dir}"',
+        f"interval_s = {interval}",
+        'metrics_listen = ""',
+        "",
+        "[[probes.simulated]]",
+        f"seed = {seed}",
+        f"fleet = {{ {fleet} }}",
+        f"pue_design = {site.pue_design}",
+        f"climate_offset_c = {site.climate_offset_c}",
+        f"edge = {'true' if site.edge else 'false'}",
+        f"terminals_base = {150_000 if site.edge else 0}",
+        "",
+    ])
+
+
+def _bureau_key(conn: psycopg.Connection, demo_dir: Path) -> str:
+    """The bureau's key, kept (0600) in the data directory so each run can print it again."""
+    path = demo_dir / "bureau-key"
+    if path.exists():
+        key = path.read_text().strip()
+        if authenticate(conn, key) is not None:
+            return key
+    key = create_key(conn, Role.BUREAU, label="jinsuan demo: the bureau")
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(key + "\n")
+    return key
+
+
+def _ensure_site(conn: psycopg.Connection, site: DemoSite) -> int:
+    try:
+        return site_by_name(conn, site.name).id
+    except NotFound:
+        return create_site(conn, enterprise=site.enterprise, name=site.name, city=site.city).id
+
+
+def _ensure_enrolled(conn: psycopg.Connection, site_id: int, state_dir: Path,
+                     platform_url: str) -> None:
+    """Enrol the site's agent unless this database already knows the agent in ``state_dir``."""
+    from agents.identity import IdentityError, enrol, load_identity
+
+    try:
+        known = load_identity(state_dir).agent_id
+    except IdentityError:
+        known = None
+    if known is not None:
+        row = conn.execute("SELECT 1 FROM agents WHERE id = %s AND revoked_at IS NULL",
+                           (known,)).fetchone()
+        if row is not None:
+            return
+    token = create_enrolment_token(conn, site_id, created_by=None)
+    enrol(state_dir, platform_url, token, force=known is not None)
+
+
+def _table(platform: Platform, started: float, interval: float) -> Table:
+    from collectors.state import site_states
+
+    with platform.db.pool.connection() as conn:
+        states = site_states(conn)
+    table = Table(title=f"jinsuan 晋算 — {len(states)} sites, agents every {interval:g} s, "
+                        f"up {int(time.monotonic() - started)} s",
+                  title_justify="left")
+    table.add_column("site", no_wrap=True)
+    for column in ("accel.", "FP16 PFlops", "racks", "IT kW", "facility kW", "PUE 1 h",
+                   "covered", "last report"):
+        table.add_column(column, justify="right", no_wrap=True)
+    total_acc = total_pf = total_it = total_fac = 0.0
+    now = datetime.now(UTC)
+    for s in states:
+        total_acc += s.accelerators_connected
+        total_pf += s.fp16_pflops_connected
+        total_it += s.it_kw or 0
+        total_fac += s.facility_kw or 0
+        coverage = min(s.coverage_it, s.coverage_facility)
+        age = "never" if s.last_report_at is None else (
+            f"{(now - s.last_report_at).total_seconds():.0f} s ago")
+        estimated = f"\n[dim]{s.fp16_estimated} estimated[/dim]" if s.fp16_estimated else ""
+        table.add_row(
+            f"{s.site}\n[dim]{s.city} · {s.enterprise}[/dim]",
+            f"{s.accelerators_connected}/{s.accelerators_inventory}",
+            f"{s.fp16_pflops_connected:.2f}{estimated}", str(s.racks),
+            "—" if s.it_kw is None else f"{s.it_kw:,.1f}",
+            "—" if s.facility_kw is None else f"{s.facility_kw:,.1f}",
+            "—" if s.pue is None else f"{s.pue:.3f}",
+            f"{coverage:.0%}" if coverage >= 0.95 else f"[yellow]{coverage:.0%}[/yellow]",
+            age,
+        )
+    table.add_section()
+    table.add_row("all sites", f"{total_acc:.0f}", f"{total_pf:.2f}", "",
+                  f"{total_it:,.1f}", f"{total_fac:,.1f}", "", "", "")
+    return table
+
+
+def run_demo(*, port: int, interval: float, refresh: float, stop: threading.Event) -> None:
+    from agents.config import load_config
+    from agents.daemon import running_agent
+    from jinsuan.cli.platform import make_server
+
+    settings = Settings()
+    host = settings.host
+    if not _port_free(host, port):
+        chosen = _free_port(host)
+        console.print(f"port {port} is taken; using {chosen}")
+        port = chosen
+    demo_dir = settings.data_dir / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    where = ("DATABASE_URL" if settings.database_url
+             else f"the embedded PostgreSQL in {settings.data_dir}")
+    console.print(f"starting the platform on {where} …")
+    with ExitStack() as stack:
+        db = Database.open(settings)
+        stack.callback(db.close)
+        platform = Platform(settings, db)
+        server = make_server(platform, host, port)
+        thread = threading.Thread(target=server.run, name="platform-http", daemon=True)
+        thread.start()
+
+        def stop_server() -> None:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+        stack.callback(stop_server)
+        while not server.started:
+            if not thread.is_alive():
+                raise SystemExit(f"the platform could not listen on {host}:{port}")
+            time.sleep(0.05)
+        base = f"http://{host}:{port}"
+
+        with db.pool.connection() as conn:
+            bureau_key = _bureau_key(conn, demo_dir)
+            configs = []
+            for seed, site in enumerate(SITES, start=1):
+                site_id = _ensure_site(conn, site)
+                state_dir = demo_dir / "agents" / site.name
+                config_path = demo_dir / "agents" / f"{site.name}.toml"
+                config_path.parent.mkdir(parents=True, exist_ok=True)
+                config_path.write_text(_agent_toml(site, seed, base, state_dir, interval))
+                _ensure_enrolled(conn, site_id, state_dir, base)
+                configs.append(load_config(config_path))
+        for config in configs:
+            stack.enter_context(running_agent(config))
+
+        console.print(Text.assemble(
+            ("API         ", "bold"), base, "\n",
+            ("API docs    ", "bold"), f"{base}/docs", "\n",
+            ("metrics     ", "bold"), f"{base}/metrics", "\n",
+            ("bureau key  ", "bold"), bureau_key, "\n",
+            ("data        ", "bold"), str(settings.data_dir), "  (kept for the next run)\n",
+            ("try         ", "bold"),
+            f"curl -H 'Authorization: Bearer {bureau_key}' {base}/v1/sites\n",
+            "Ctrl-C stops everything.",
+        ))
+        started = time.monotonic()
+        try:
+            with Live(_table(platform, started, interval), console=console,
+                      refresh_per_second=1, transient=False) as live:
+                while not stop.wait(refresh):
+                    live.update(Group(_table(platform, started, interval)))
+        except KeyboardInterrupt:
+            console.print("\nstopping: agents, then the platform, then the database …")
