@@ -29,6 +29,12 @@ class SchedulerConfig(BaseSettings):
     site_stale_s: float = Field(
         default=180.0, gt=0, description="A site not heard from for this long gets nothing new."
     )
+    min_cycle_gap_s: float = Field(
+        default=0.1, ge=0, description="Triggered cycles start at least this far apart."
+    )
+    inventory_max_age_s: float = Field(
+        default=2.0, ge=0, description="Cycles reuse the sites' healthy inventory this long."
+    )
     weights: Weights = Field(default_factory=Weights)
     ageing_per_hour: float = Field(
         default=10.0, ge=0, description="Priority points a queued job gains per hour of waiting."

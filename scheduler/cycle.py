@@ -20,7 +20,7 @@ import psycopg
 from scheduler.config import SchedulerConfig
 from scheduler.jobs import move_run, new_run_id, requeue_or_fail
 from scheduler.placement import Decisions, Placement, Snapshot, place
-from scheduler.snapshot import load_snapshot
+from scheduler.snapshot import InventoryCache, load_snapshot
 from scheduler.states import JobState, RunState, transition
 
 
@@ -137,12 +137,12 @@ def _insert_runs(conn: psycopg.Connection, kept: list[Placement], now: datetime,
     )
 
 
-def run_cycle(conn: psycopg.Connection, cfg: SchedulerConfig,
-              now: datetime | None = None) -> CycleResult:
+def run_cycle(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime | None = None,
+              inventory: InventoryCache | None = None) -> CycleResult:
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     expired = expire_leases(conn, now, cfg)
-    snapshot = load_snapshot(conn, cfg, now)
+    snapshot = load_snapshot(conn, cfg, now, inventory)
     decisions = place(snapshot, cfg)
     kept = commit_decisions(conn, snapshot, decisions, cfg, now)
     return CycleResult(len(kept), len(decisions.placements) - len(kept), expired,

@@ -1,15 +1,17 @@
 """The placement cycle as a background job of a platform process (APScheduler).
 
 The cycle runs every ``cycle_every_s`` and again at once when a job is submitted. Triggers that
-arrive while a cycle runs are folded into one more cycle right after it, so a burst of submits
-costs a few cycles, not one each. Several platform processes may run cycles at the same time:
-the commit is safe against that (``scheduler.cycle``).
+arrive while a cycle runs are folded into one more cycle after it (cycles start at least
+``min_cycle_gap_s`` apart), so a burst of submits costs a few cycles, not one each. Several
+platform processes may run cycles at the same time: the commit is safe against that
+(``scheduler.cycle``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -17,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from jinsuan.platform import Platform
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import CycleResult, run_cycle
+from scheduler.snapshot import InventoryCache
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ class SchedulerService:
     def __init__(self, platform: Platform, cfg: SchedulerConfig | None = None) -> None:
         self.platform = platform
         self.cfg = cfg or SchedulerConfig()
+        self.inventory = InventoryCache(self.cfg.inventory_max_age_s)
         self._jobs: BackgroundScheduler | None = None
         self._lock = threading.Lock()
         self._running = False
@@ -34,7 +38,7 @@ class SchedulerService:
 
     def run_once(self, now: datetime | None = None) -> CycleResult:
         with self.platform.db.pool.connection() as conn:
-            return run_cycle(conn, self.cfg, now)
+            return run_cycle(conn, self.cfg, now, self.inventory)
 
     def _tick(self) -> None:
         with self._lock:
@@ -44,6 +48,7 @@ class SchedulerService:
             self._running = True
         try:
             while True:
+                began = time.monotonic()
                 try:
                     result = self.run_once()
                     if result.placed or result.expired:
@@ -55,6 +60,8 @@ class SchedulerService:
                         self._running = False
                         return
                     self._again = False
+                # Triggers came during the cycle: one more, but not sooner than the gap.
+                time.sleep(max(self.cfg.min_cycle_gap_s - (time.monotonic() - began), 0))
         finally:
             with self._lock:
                 self._running = False

@@ -8,6 +8,8 @@ uses) minus the accelerators held by the site's live runs (placed, leased, runni
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -79,24 +81,58 @@ def parse_constraints(text: str) -> Constraints:
     return Constraints.model_validate_json(text)
 
 
-def load_sites(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> list[SiteView]:
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What the sites have, as their agents last reported it: sites, healthy pools, prices."""
+
+    sites: list[tuple]
+    pools: list[tuple]
+    prices: dict[tuple[int, str], Decimal]
+    read_at: float
+
+
+def load_inventory(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> Inventory:
     fresh = now - timedelta(seconds=cfg.site_stale_s)
     params = {"fresh": fresh, "now": now, "day_ago": now - timedelta(hours=24)}
+    prices = {(site_id, model): price for site_id, model, price in conn.execute(
+        "SELECT site_id, model, yuan_per_accelerator_hour FROM site_prices")}
+    return Inventory(conn.execute(_SITES, params).fetchall(),
+                     conn.execute(_POOLS, params).fetchall(), prices, time.monotonic())
+
+
+class InventoryCache:
+    """Reuse the inventory for ``max_age_s``: it changes at the pace of agents' reports, while
+    triggered cycles can come many times a second. Live runs are always read fresh."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self._last: Inventory | None = None
+
+    def get(self, conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> Inventory:
+        last = self._last
+        if last is None or time.monotonic() - last.read_at > self.max_age_s:
+            last = self._last = load_inventory(conn, cfg, now)
+        return last
+
+
+def load_sites(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime,
+               inventory: Inventory | None = None) -> list[SiteView]:
+    inventory = inventory or load_inventory(conn, cfg, now)
+    prices = inventory.prices
     sites = {
         row[0]: SiteView(row[0], row[1], row[2], row[3], row[4], row[5],
                          float(row[6]) if row[6] is not None else None, {})
-        for row in conn.execute(_SITES, params)
+        for row in inventory.sites
     }
-    prices: dict[tuple[int, str], Decimal] = {
-        (site_id, model): price
-        for site_id, model, price in conn.execute(
-            "SELECT site_id, model, yuan_per_accelerator_hour FROM site_prices")
-    }
-    for site_id, model, vendor, domestic, tflops, memory, count in conn.execute(_POOLS, params):
+    for site_id, model, vendor, domestic, tflops, memory, count in inventory.pools:
+        if site_id not in sites:
+            continue
         info = ModelInfo(vendor, domestic, tflops, memory / 1e9 if memory else None)
         sites[site_id].pools[model] = Pool(model, info, count, 0, prices.get((site_id, model)))
     for site_id, model, accelerators, ends in conn.execute(_LIVE_RUNS):
-        site = sites[site_id]
+        site = sites.get(site_id)
+        if site is None:
+            continue
         pool = site.pools.get(model)
         if pool is None:  # the model's devices went away: keep the hold visible as a 0-size pool
             pool = site.pools[model] = Pool(model, ModelInfo("", False, None, None), 0, 0,
@@ -139,6 +175,8 @@ def load_reservations(conn: psycopg.Connection) -> dict[tuple[int, str], Reserva
     }
 
 
-def load_snapshot(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> Snapshot:
-    return Snapshot(now, load_queue(conn), load_sites(conn, cfg, now),
-                    load_tenants(conn, cfg, now), load_reservations(conn))
+def load_snapshot(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime,
+                  inventory: InventoryCache | None = None) -> Snapshot:
+    sites = load_sites(conn, cfg, now, inventory.get(conn, cfg, now) if inventory else None)
+    return Snapshot(now, load_queue(conn), sites, load_tenants(conn, cfg, now),
+                    load_reservations(conn))
