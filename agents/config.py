@@ -162,6 +162,7 @@ class AgentConfig:
     site: SiteSection
     agent: AgentSection
     probes: tuple[ProbeSpec, ...]
+    executor: Mapping[str, Any] | None = None  # the [executor] table: run leased jobs here
 
 
 def load_config(path: Path, kinds: Mapping[str, tuple[str, str]] = PROBE_KINDS) -> AgentConfig:
@@ -180,17 +181,38 @@ def parse_config(
     data: Mapping[str, Any], path: Path, kinds: Mapping[str, tuple[str, str]] = PROBE_KINDS
 ) -> AgentConfig:
     problems: list[str] = []
-    for key in sorted(set(data) - {"site", "agent", "probes"}):
-        problems.append(f"{path}:{key}: unknown section; expected one of agent, probes, site")
+    for key in sorted(set(data) - {"site", "agent", "probes", "executor"}):
+        problems.append(
+            f"{path}:{key}: unknown section; expected one of agent, executor, probes, site")
     site = _validate(SiteSection, data.get("site"), "site", path, problems)
     agent = _validate(AgentSection, data.get("agent"), "agent", path, problems)
     probes = _probes(data.get("probes", {}), path, kinds, agent, problems)
+    executor = data.get("executor")
+    if executor is not None:
+        problems += _executor_problems(executor, path)
     if problems:
         raise ConfigError(problems)
     assert site is not None and agent is not None
     if not agent.state_dir.is_absolute():
         agent = agent.model_copy(update={"state_dir": path.parent.resolve() / agent.state_dir})
-    return AgentConfig(path=path, site=site, agent=agent, probes=tuple(probes))
+    return AgentConfig(path=path, site=site, agent=agent, probes=tuple(probes),
+                       executor=executor)
+
+
+def _executor_problems(section: Any, path: Path) -> list[str]:
+    """Check an ``[executor]`` table (the lease worker and its executor) without starting it."""
+    from agents.executors import ExecutorConfigError, UnknownExecutor
+    from agents.worker import check_worker_section
+
+    if not isinstance(section, dict):
+        return [f"{path}:executor: expected a table, got {_show(section)}"]
+    try:
+        check_worker_section(section)
+    except ExecutorConfigError as exc:
+        return [f"{path}:{line}" for line in exc.problems]
+    except UnknownExecutor as exc:
+        return [f"{path}:executor.kind: {exc}"]
+    return []
 
 
 def _probes(

@@ -416,6 +416,8 @@ def running_agent(config: AgentConfig, *, clock: Clock | None = None) -> Iterato
         stack.callback(uploader.close)
         agent = Agent(config, identity, spool, probes, metrics=metrics, clock=clock,
                       uploader=uploader)
+        if config.executor is not None:
+            stack.enter_context(_leasing(config, identity, clock))
         if settings.metrics_listen:
             host, port = parse_listen(settings.metrics_listen)
             server = serve(metrics, host, port)
@@ -434,6 +436,29 @@ def running_agent(config: AgentConfig, *, clock: Clock | None = None) -> Iterato
             agent.stop()
             thread.join()
     log.info("agent stopped")
+
+
+@contextmanager
+def _leasing(config: AgentConfig, identity: Identity, clock: Clock) -> Iterator[None]:
+    """Lease jobs placed on this site and run them on the configured executor."""
+    from agents.executors import ExecutorConfigError, UnknownExecutor
+    from agents.worker import build_worker
+
+    assert config.executor is not None
+    try:
+        worker = build_worker(config.executor, platform_url=config.agent.platform_url,
+                              agent_id=identity.agent_id, key=identity.key,
+                              state_dir=config.agent.state_dir, clock=clock)
+    except (ExecutorConfigError, UnknownExecutor) as exc:
+        raise StartupError(f"executor: {exc}") from None
+    thread = threading.Thread(target=worker.run, name="lease-worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join()
+        worker.close()
 
 
 def run_agent(config: AgentConfig, *, clock: Clock | None = None) -> None:

@@ -54,6 +54,7 @@ from agents.executors import (
     RunStatus,
     StartError,
     build_executor,
+    executor_settings,
     trim_tail,
 )
 from agents.identity import describe_error
@@ -520,6 +521,30 @@ class LeaseWorker:
         return datetime.fromtimestamp(self.clock.time(), UTC)
 
 
+def check_worker_section(
+    section: Mapping[str, Any],
+) -> tuple[WorkerSettings, dict[str, Any]]:
+    """Validate an ``[executor]`` table without building anything: the worker's own settings,
+    and the executor's options (checked by its config model). Raises ExecutorConfigError or
+    UnknownExecutor."""
+    own = {k: v for k, v in section.items() if k in WORKER_KEYS}
+    options = {k: v for k, v in section.items() if k not in WORKER_KEYS}
+    problems: list[str] = []
+    try:
+        settings = WorkerSettings.model_validate(own)
+    except ValidationError as exc:
+        problems = [f"executor.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    kind = own.get("kind")
+    if isinstance(kind, str):  # report the executor's own mistakes alongside the worker's
+        try:
+            executor_settings(kind, options)
+        except ExecutorConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ExecutorConfigError(problems)
+    return settings, options
+
+
 def build_worker(
     section: Mapping[str, Any],
     *,
@@ -532,14 +557,7 @@ def build_worker(
     """A worker from the agent config's ``[executor]`` table: ``kind``, ``max_runs``,
     ``heartbeat_s``, ``request_timeout_s``; every other key is the executor's own option.
     Raises ExecutorConfigError (``executor.<key>: ...`` lines) or UnknownExecutor."""
-    own = {k: v for k, v in section.items() if k in WORKER_KEYS}
-    try:
-        settings = WorkerSettings.model_validate(own)
-    except ValidationError as exc:
-        raise ExecutorConfigError(
-            [f"executor.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        ) from None
-    options = {k: v for k, v in section.items() if k not in WORKER_KEYS}
+    settings, options = check_worker_section(section)
     executor = build_executor(settings.kind, options, state_dir)
     return LeaseWorker(
         platform_url=platform_url,

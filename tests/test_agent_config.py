@@ -179,3 +179,16 @@ def test_registry_entries_resolve_to_a_model_and_a_probe_class(kind):
     assert issubclass(_resolve(model_path), BaseModel)
     probe_class = _resolve(class_path)
     assert callable(getattr(probe_class, "read", None))
+
+
+def test_executor_section_is_checked_before_anything_starts(tmp_path):
+    config = load_config(write(tmp_path, VALID + '\n[executor]\nkind = "process"\nmax_runs = 4\n'))
+    assert config.executor == {"kind": "process", "max_runs": 4}
+    unknown = problems(tmp_path, VALID + '\n[executor]\nkind = "nomad"\n')
+    assert len(unknown) == 1
+    assert "site.toml:executor.kind" in unknown[0]
+    assert "kubernetes, process, slurm" in unknown[0]
+    bad = problems(tmp_path, VALID + '\n[executor]\nkind = "process"\nkill_grace_s = -1\n'
+                   'max_runs = -1\n')
+    assert any("site.toml:executor.kill_grace_s" in p for p in bad)
+    assert any("site.toml:executor.max_runs" in p for p in bad)

@@ -121,20 +121,15 @@ def executor_names() -> list[str]:
     return sorted(EXECUTOR_KINDS)
 
 
-def build_executor(name: str, options: Mapping[str, Any], state_dir: Path) -> Executor:
-    """Validate ``options`` with the executor's config model and build it.
-
-    ``state_dir`` is the agent's private directory; executors that keep files (run logs of the
-    process executor) keep them under it unless their options say otherwise.
-    """
+def executor_settings(name: str, options: Mapping[str, Any]) -> BaseModel:
+    """Validate ``options`` with the executor's config model, importing only that executor."""
     if name not in EXECUTOR_KINDS:
         raise UnknownExecutor(
             f"unknown executor {name!r}; expected one of {', '.join(executor_names())}"
         )
-    model_path, class_path = EXECUTOR_KINDS[name]
-    model: type[BaseModel] = _resolve(model_path)
+    model: type[BaseModel] = _resolve(EXECUTOR_KINDS[name][0])
     try:
-        settings = model.model_validate(dict(options))
+        return model.model_validate(dict(options))
     except ValidationError as exc:
         raise ExecutorConfigError(
             [
@@ -142,7 +137,16 @@ def build_executor(name: str, options: Mapping[str, Any], state_dir: Path) -> Ex
                 for err in exc.errors()
             ]
         ) from None
-    return _resolve(class_path)(settings, state_dir=Path(state_dir))
+
+
+def build_executor(name: str, options: Mapping[str, Any], state_dir: Path) -> Executor:
+    """Validate ``options`` with the executor's config model and build it.
+
+    ``state_dir`` is the agent's private directory; executors that keep files (run logs of the
+    process executor) keep them under it unless their options say otherwise.
+    """
+    settings = executor_settings(name, options)
+    return _resolve(EXECUTOR_KINDS[name][1])(settings, state_dir=Path(state_dir))
 
 
 def log_tail(path: Path, max_bytes: int = LOG_TAIL_MAX_BYTES) -> str:
