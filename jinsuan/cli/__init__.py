@@ -10,6 +10,7 @@ import typer
 
 from jinsuan.cli.admin import keys_app, sites_app
 from jinsuan.cli.agent import agent_app
+from jinsuan.cli.job import job_app
 from jinsuan.cli.platform import demo, serve
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.command()(demo)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
 app.add_typer(agent_app, name="agent")
+app.add_typer(job_app, name="job")
 
 
 def main() -> None:
