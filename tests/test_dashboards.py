@@ -632,11 +632,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while True:
             assert process.poll() is None, (work / "log").read_text()
             try:
-                answer = httpx.get(f"{url}/api/v1/query", params={
-                    "query": "min(count_over_time(up[1m]))"}, timeout=2).json()
-                result = answer["data"]["result"]
-                if result and float(result[0]["value"][1]) >= 3:
-                    break
+                response = httpx.get(f"{url}/api/v1/query", params={
+                    "query": "min(count_over_time(up[1m]))"}, timeout=2)
+                # Until its storage is open Prometheus answers 503 with a plain-text body.
+                if response.status_code == 200:
+                    result = response.json()["data"]["result"]
+                    if result and float(result[0]["value"][1]) >= 3:
+                        break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "Prometheus never scraped both targets"
