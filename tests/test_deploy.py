@@ -10,6 +10,7 @@ they are installed.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -49,8 +50,8 @@ def cli_command(*words: str) -> Any:
 
 def check_command(argv: list[str]) -> str | None:
     """Why ``jinsuan <argv>`` is not a command the CLI has, or None when it is."""
-    words = [w for w in argv if not w.startswith("-")]
-    options = {w for w in argv if w.startswith("--")}
+    words = list(itertools.takewhile(lambda w: not w.startswith("-"), argv))
+    options = {w.split("=", 1)[0] for w in argv if w.startswith("--")}
     command = cli_command(*words)
     if command is None:
         return f"`jinsuan {' '.join(words)}` is not a command"
