@@ -15,8 +15,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import psycopg
 from rich.console import Console, Group
 from rich.live import Live
@@ -24,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jinsuan.auth import Role, authenticate, create_key
+from jinsuan.cli.dispatcher_sim import MIX, SimulatedDispatcher
 from jinsuan.errors import NotFound
 from jinsuan.platform import Platform
 from jinsuan.settings import Settings
@@ -56,6 +59,24 @@ SITES: tuple[DemoSite, ...] = (
     DemoSite("changzhi-edge", "长治", "上党边缘 Shangdang Edge",
              {"NVIDIA L20": 16, "NVIDIA GeForce RTX 4090": 8}, 1.50, 1.5, edge=True),
 )
+
+
+#: Yuan per accelerator-hour; each site charges its own multiple of these.
+LIST_PRICES: dict[str, Decimal] = {
+    "NVIDIA H800": Decimal("28.00"), "NVIDIA H20": Decimal("15.00"),
+    "NVIDIA A800-SXM4-80GB": Decimal("18.00"), "NVIDIA L20": Decimal("6.50"),
+    "NVIDIA L40S": Decimal("9.00"), "NVIDIA GeForce RTX 4090": Decimal("4.80"),
+    "Ascend910B3": Decimal("16.00"),
+}
+
+
+def _register_for_jobs(client: httpx.Client, admin_key: str, site_id: int, site: DemoSite,
+                       seed: int) -> None:
+    """Tell the scheduler the site runs jobs with the process executor, at its prices."""
+    factor = Decimal("0.90") + Decimal(seed) / Decimal(20)
+    prices = {m: str((LIST_PRICES[m] * factor).quantize(Decimal("0.01"))) for m in site.fleet}
+    client.put(f"/v1/sites/{site_id}/scheduling", json={"executor": "process", "prices": prices},
+               headers={"Authorization": f"Bearer {admin_key}"}).raise_for_status()
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -95,17 +116,24 @@ def _agent_toml(site: DemoSite, seed: int, platform_url: str, state_dir: Path,
         f"edge = {'true' if site.edge else 'false'}",
         f"terminals_base = {150_000 if site.edge else 0}",
         "",
+        "[executor]  # run the jobs the platform places here as local processes",
+        'kind = "process"',
+        "max_runs = 32",
+        "heartbeat_s = 2",
+        "",
     ])
 
 
-def _bureau_key(conn: psycopg.Connection, demo_dir: Path) -> str:
-    """The bureau's key, kept (0600) in the data directory so each run can print it again."""
-    path = demo_dir / "bureau-key"
+def _demo_key(conn: psycopg.Connection, demo_dir: Path, name: str, role: Role,
+              tenant: str | None = None) -> str:
+    """A key the demo needs, kept (0600) in the data directory so each run can reuse it."""
+    path = demo_dir / "keys" / name
     if path.exists():
         key = path.read_text().strip()
         if authenticate(conn, key) is not None:
             return key
-    key = create_key(conn, Role.BUREAU, label="jinsuan demo: the bureau")
+    key = create_key(conn, role, tenant=tenant, label=f"jinsuan demo: {name}")
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
     path.write_text(key + "\n")
     return key
@@ -136,17 +164,29 @@ def _ensure_enrolled(conn: psycopg.Connection, site_id: int, state_dir: Path,
     enrol(state_dir, platform_url, token, force=known is not None)
 
 
+def _job_counts(conn: psycopg.Connection) -> tuple[dict[str, int], dict[int, int]]:
+    """Jobs by state, and runs holding accelerators by site."""
+    by_state = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+    running = dict(conn.execute(
+        "SELECT site_id, count(*) FROM runs WHERE state IN ('placed', 'leased', 'running')"
+        " GROUP BY site_id").fetchall())
+    return by_state, running
+
+
 def _table(platform: Platform, started: float, interval: float) -> Table:
     from collectors.state import site_states
 
     with platform.db.pool.connection() as conn:
         states = site_states(conn)
+        jobs, running = _job_counts(conn)
+    job_line = " · ".join(f"{state} {jobs.get(state, 0)}" for state in
+                          ("queued", "running", "succeeded", "failed", "cancelled"))
     table = Table(title=f"jinsuan 晋算 — {len(states)} sites, agents every {interval:g} s, "
                         f"up {int(time.monotonic() - started)} s",
-                  title_justify="left")
+                  caption=f"jobs: {job_line}", title_justify="left", caption_justify="left")
     table.add_column("site", no_wrap=True)
     for column in ("accel.", "FP16 PFlops", "racks", "IT kW", "facility kW", "PUE 1 h",
-                   "covered", "last report"):
+                   "covered", "jobs here", "last report"):
         table.add_column(column, justify="right", no_wrap=True)
     total_acc = total_pf = total_it = total_fac = 0.0
     now = datetime.now(UTC)
@@ -167,15 +207,17 @@ def _table(platform: Platform, started: float, interval: float) -> Table:
             "—" if s.facility_kw is None else f"{s.facility_kw:,.1f}",
             "—" if s.pue is None else f"{s.pue:.3f}",
             f"{coverage:.0%}" if coverage >= 0.95 else f"[yellow]{coverage:.0%}[/yellow]",
-            age,
+            str(running.get(s.site_id, 0)), age,
         )
     table.add_section()
     table.add_row("all sites", f"{total_acc:.0f}", f"{total_pf:.2f}", "",
-                  f"{total_it:,.1f}", f"{total_fac:,.1f}", "", "", "")
+                  f"{total_it:,.1f}", f"{total_fac:,.1f}", "", "",
+                  str(sum(running.values())), "")
     return table
 
 
-def run_demo(*, port: int, interval: float, refresh: float, stop: threading.Event) -> None:
+def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
+             stop: threading.Event) -> None:
     from agents.config import load_config
     from agents.daemon import running_agent
     from jinsuan.cli.platform import make_server
@@ -210,11 +252,17 @@ def run_demo(*, port: int, interval: float, refresh: float, stop: threading.Even
             time.sleep(0.05)
         base = f"http://{host}:{port}"
 
+        client = stack.enter_context(httpx.Client(base_url=base, timeout=30))
         with db.pool.connection() as conn:
-            bureau_key = _bureau_key(conn, demo_dir)
+            bureau_key = _demo_key(conn, demo_dir, "bureau", Role.BUREAU)
+            admin_key = _demo_key(conn, demo_dir, "admin", Role.ADMIN)
+            dispatcher_keys = {kind.tenant: _demo_key(conn, demo_dir, f"dispatcher-{kind.tenant}",
+                                                      Role.DISPATCHER, tenant=kind.tenant)
+                               for kind in MIX}
             configs = []
             for seed, site in enumerate(SITES, start=1):
                 site_id = _ensure_site(conn, site)
+                _register_for_jobs(client, admin_key, site_id, site, seed)
                 state_dir = demo_dir / "agents" / site.name
                 config_path = demo_dir / "agents" / f"{site.name}.toml"
                 config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,10 +271,15 @@ def run_demo(*, port: int, interval: float, refresh: float, stop: threading.Even
                 configs.append(load_config(config_path))
         for config in configs:
             stack.enter_context(running_agent(config))
+        dispatcher = SimulatedDispatcher(base, dispatcher_keys, every_s=jobs_every)
+        dispatcher.start()
+        stack.callback(dispatcher.stop)
 
         console.print(Text.assemble(
             ("API         ", "bold"), base, "\n",
             ("API docs    ", "bold"), f"{base}/docs", "\n",
+            ("jobs        ", "bold"), f"a simulated dispatcher submits one every {jobs_every:g} s; "
+            f"try jinsuan job list --url {base} --key $(cat {demo_dir}/keys/dispatcher-llm-lab)\n",
             ("metrics     ", "bold"), f"{base}/metrics", "\n",
             ("bureau key  ", "bold"), bureau_key, "\n",
             ("data        ", "bold"), str(settings.data_dir), "  (kept for the next run)\n",

@@ -39,8 +39,11 @@ def demo(
     port: Annotated[int, typer.Option(help="Port of the platform's API.")] = 8080,
     interval: Annotated[float, typer.Option(help="Agents' sampling interval, seconds.")] = 5.0,
     refresh: Annotated[float, typer.Option(help="Table refresh, seconds.")] = 3.0,
+    jobs_every: Annotated[float, typer.Option(
+        help="The simulated dispatcher submits a job this often, seconds.")] = 4.0,
 ) -> None:
     """Start the platform on the embedded database with five simulated Shanxi sites."""
     from jinsuan.cli.demo import run_demo
 
-    run_demo(port=port, interval=interval, refresh=refresh, stop=threading.Event())
+    run_demo(port=port, interval=interval, refresh=refresh, jobs_every=jobs_every,
+             stop=threading.Event())

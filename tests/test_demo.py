@@ -1,0 +1,65 @@
+"""``jinsuan demo`` end to end: platform, five enrolled agents, reports, jobs, clean stop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+
+from jinsuan.cli.demo import SITES, run_demo
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(what: str, check, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
+        database_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("JINSUAN_DATA_DIR", str(tmp_path))
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def demo() -> None:
+        try:
+            run_demo(port=_free_port(), interval=0.5, refresh=0.5, jobs_every=0.3, stop=stop)
+        except BaseException as exc:  # reported by the assertion below
+            failure.append(exc)
+
+    thread = threading.Thread(target=demo)
+    thread.start()
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            def every_site_reported() -> bool:
+                row = conn.execute("SELECT count(DISTINCT a.site_id) FROM reports r"
+                                   " JOIN agents a ON a.id = r.agent_id").fetchone()
+                return row[0] == len(SITES)
+
+            def a_job_ran() -> bool:
+                row = conn.execute("SELECT count(*) FROM runs WHERE state = 'running'"
+                                   " OR ended_at IS NOT NULL").fetchone()
+                return row[0] > 0
+
+            _wait_for("a report from every site", every_site_reported)
+            _wait_for("a job to start at a site", a_job_ran)
+            fleet = sum(sum(site.fleet.values()) for site in SITES)
+            assert conn.execute("SELECT count(*) FROM accelerators").fetchone()[0] == fleet
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert not thread.is_alive(), "the demo did not stop"
+    assert not failure, failure
+    assert (tmp_path / "demo" / "agents" / "taiyuan-aicc.toml").exists()
