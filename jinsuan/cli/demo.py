@@ -294,4 +294,6 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
                 while not stop.wait(refresh):
                     live.update(Group(_table(platform, started, interval)))
         except KeyboardInterrupt:
-            console.print("\nstopping: agents, then the platform, then the database …")
+            console.print("\nstopping: agents, then the platform, then the database … "
+                          "(job processes already started keep running; the next demo's "
+                          "agents re-attach to them and report how they ended)")
