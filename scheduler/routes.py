@@ -44,6 +44,7 @@ from scheduler.service import SchedulerService, service_for
 from scheduler.snapshot import load_queue, load_reservations, load_sites, load_tenants
 from scheduler.spec import JobSpec
 from scheduler.states import JobState
+from scheduler.usage_api import usage_router
 
 _SIGNED = "authenticated by the agent's Ed25519 signature over the body"
 _MAX_LEASE_BODY = 1 << 20
@@ -230,4 +231,5 @@ def _event(platform: Platform, service: SchedulerService, run_id: str, headers,
 
 def routers(platform: Platform) -> list[APIRouter]:
     service = service_for(platform)
-    return [jobs_router(service), sites_router(), leases_router(platform, service)]
+    return [jobs_router(service), sites_router(), leases_router(platform, service),
+            usage_router()]

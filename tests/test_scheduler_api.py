@@ -304,3 +304,45 @@ def test_usage_record_from_counters_and_corrections_are_new_records(
                        " WHERE run_id = %s", (lease.run_id,)).fetchone()
     assert net == (Decimal("23.68"), Decimal("1.900000"), 2)
     assert fix != record_id
+
+
+def test_usage_api_totals_and_who_sees_what(client, platform, world, conn):
+    cheap, dear, keys = world
+    ended = {}
+    for tenant, site in (("t1", "taiyuan-1"), ("t2", "datong-1")):
+        job_id = _submit(client, keys[tenant], constraints={"site": site})
+        _cycle(platform)
+        agent = cheap if site == "taiyuan-1" else dear
+        lease = LeaseReply.model_validate(agent.lease(client).json()).new[0]
+        end = datetime.now(UTC).replace(microsecond=0)
+        reply = agent.event(client, lease.run_id, lease.fencing_token, "succeeded", exit_code=0,
+                            started_at=end - timedelta(minutes=15), ended_at=end)
+        assert reply.json() == {"status": "recorded"}
+        ended[tenant] = job_id
+    original = conn.execute("SELECT id FROM usage_records WHERE job_id = %s",
+                            (ended["t2"],)).fetchone()[0]
+    record_adjustment(conn, original, reason="price corrected", cost_yuan=Decimal("-0.50"))
+    window = {"from": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+              "to": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}
+
+    everything = client.get("/v1/usage", params=window, headers=keys["bureau"]).json()
+    # 4 accelerators × 0.25 h at each site: 8.00 and 12.34 yuan an hour, then -0.50.
+    assert everything["totals"]["records"] == 3
+    assert Decimal(everything["totals"]["accelerator_hours"]) == Decimal("2")
+    assert Decimal(everything["totals"]["cost_yuan"]) == Decimal("8.00") + Decimal("12.34") \
+        - Decimal("0.50")
+    own = client.get("/v1/usage", params=window, headers=keys["t1"]).json()
+    assert {r["job_id"] for r in own["records"]} == {ended["t1"]}
+    assert Decimal(own["totals"]["cost_yuan"]) == Decimal("8.00")
+    asked_for_other = client.get("/v1/usage", params={**window, "tenant": "t2"},
+                                 headers=keys["t1"]).json()
+    assert asked_for_other["records"] == []  # a dispatcher's filter cannot widen its view
+    by_site = client.get("/v1/usage", params={**window, "site": "datong-1"},
+                         headers=keys["admin"]).json()
+    assert {r["site"] for r in by_site["records"]} == {"datong-1"}
+    backwards = client.get("/v1/usage", params={"from": window["to"], "to": window["from"]},
+                           headers=keys["bureau"])
+    assert backwards.status_code == 422 and backwards.json()["error"]["field"] == "to"
+    naive = client.get("/v1/usage", params={"from": "2026-01-01T00:00:00", "to": window["to"]},
+                       headers=keys["bureau"])
+    assert naive.status_code == 422

@@ -1,0 +1,113 @@
+"""``GET /v1/usage``: metered usage records and their totals, for vouchers and settlement.
+
+A dispatcher reads its own tenant's records, an operator the records of runs at its
+enterprise's sites, the bureau and admins everything. Adjustments are records that carry
+differences, so a total is the plain sum of originals and adjustments.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel
+
+from jinsuan.auth import Principal, Role
+from jinsuan.deps import ConnDep, allow
+from jinsuan.errors import Invalid
+
+UsageReaders = Annotated[
+    Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.ADMIN)
+]
+MAX_SPAN = timedelta(days=366)
+
+
+class UsageRecord(BaseModel):
+    id: int
+    run_id: str
+    job_id: str
+    tenant: str
+    project: str
+    site: str
+    model: str
+    accelerators: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    accelerator_hours: Decimal
+    fp16_pflop_hours: Decimal
+    energy_kwh: Decimal | None
+    energy_method: str
+    yuan_per_accelerator_hour: Decimal
+    cost_yuan: Decimal
+    adjusts: int | None
+    reason: str
+    recorded_at: datetime
+
+
+class UsageTotals(BaseModel):
+    records: int
+    accelerator_hours: Decimal
+    fp16_pflop_hours: Decimal
+    energy_kwh: Decimal
+    cost_yuan: Decimal
+
+
+class UsageReport(BaseModel):
+    records: list[UsageRecord]
+    totals: UsageTotals
+
+
+def usage_router() -> APIRouter:
+    api = APIRouter(tags=["usage"])
+
+    @api.get("/v1/usage", response_model=UsageReport)
+    def usage(
+        conn: ConnDep,
+        principal: UsageReaders,
+        start: Annotated[AwareDatetime, Query(alias="from")],
+        end: Annotated[AwareDatetime, Query(alias="to")],
+        tenant: str | None = None,
+        site: str | None = None,
+        project: str | None = None,
+    ) -> UsageReport:
+        """Usage records whose run ended in [from, to), oldest first, with their totals."""
+        if end <= start:
+            raise Invalid("'to' must be after 'from'", field="to")
+        if end - start > MAX_SPAN:
+            raise Invalid(f"a query spans at most {MAX_SPAN.days} days", field="to")
+        where = ["u.ended_at >= %s", "u.ended_at < %s"]
+        params: list[object] = [start, end]
+        if principal.role is Role.DISPATCHER:
+            where.append("u.tenant = %s")
+            params.append(principal.tenant)
+        elif principal.role is Role.OPERATOR:
+            where.append("s.enterprise_id = %s")
+            params.append(principal.enterprise_id)
+        for column, value in (("u.tenant", tenant), ("s.name", site), ("u.project", project)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        rows = conn.execute(
+            "SELECT u.id, u.run_id, u.job_id, u.tenant, u.project, s.name, u.model,"
+            " u.accelerators, u.started_at, u.ended_at, u.accelerator_hours,"
+            " u.fp16_pflop_hours, u.energy_kwh, u.energy_method, u.yuan_per_accelerator_hour,"
+            " u.cost_yuan, u.adjusts, u.reason, u.recorded_at"
+            " FROM usage_records u JOIN sites s ON s.id = u.site_id"
+            f" WHERE {' AND '.join(where)} ORDER BY u.ended_at, u.id",
+            params,
+        ).fetchall()
+        records = [UsageRecord(**dict(zip(UsageRecord.model_fields, row, strict=True)))
+                   for row in rows]
+        zero = Decimal(0)
+        totals = UsageTotals(
+            records=len(records),
+            accelerator_hours=sum((r.accelerator_hours for r in records), zero),
+            fp16_pflop_hours=sum((r.fp16_pflop_hours for r in records), zero),
+            energy_kwh=sum((r.energy_kwh or zero for r in records), zero),
+            cost_yuan=sum((r.cost_yuan for r in records), zero),
+        )
+        return UsageReport(records=records, totals=totals)
+
+    return api
