@@ -477,3 +477,23 @@ def test_background_jobs_roll_up_and_keep_partitions(db, conn, settings) -> None
     finally:
         jobs.shutdown(wait=True)
     assert not jobs.running
+
+
+def test_enterprise_pue_leaves_out_site_hours_missing_one_energy(db, conn, settings) -> None:
+    whole, half = Site(db, conn, "Xinzhou-1"), Site(db, conn, "Xinzhou-2")
+    for s in (whole, half):
+        s.meter("IT", "it")
+        s.meter("F", "facility")
+    whole.points("meter_power_watts", "IT", H10, regular(-60, 3661, 60, 1000))
+    whole.points("meter_power_watts", "F", H10, regular(-60, 3661, 60, 1250))
+    half.points("meter_power_watts", "F", H10, regular(-60, 3661, 60, 900))  # IT meter silent
+    roll(db, settings, now=at(11, 300))
+    assert half.row(H10)["it_kwh"] is None and half.row(H10)["pue"] is None
+    ent = conn.execute("SELECT enterprise_id FROM sites WHERE id = %s", (whole.id,)).fetchone()[0]
+    it_kwh, facility_kwh, pue = conn.execute(
+        "SELECT it_kwh, facility_kwh, pue FROM rollup_enterprise_hourly"
+        " WHERE enterprise_id = %s AND hour = %s", (ent, H10)).fetchone()
+    # Energy totals keep every measurement: 1 kWh IT; 1.25 + 0.9 kWh facility. The PUE uses
+    # only the hour measured on both sides: 1.25 / 1 (with the half-metered site, 2.15 / 1).
+    assert (it_kwh, facility_kwh) == (Decimal("1"), Decimal("2.15"))
+    assert pue == Decimal("1.25")
