@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from collectors import enrolment, exposition, intake, readapi
+from collectors import annual, enrolment, exposition, intake, readapi
 from jinsuan.platform import Platform
 
 
@@ -15,5 +15,6 @@ def routers(platform: Platform) -> list[APIRouter]:
         intake.router(intake.Intake(platform)),
         enrolment.router(),
         readapi.router(),
+        annual.router(),
         exposition.router(),
     ]
