@@ -92,7 +92,8 @@ def run_agent(config: Path, entry: str, modules_out: Path | None) -> int:
 
         code = daemon_main(options)
     if modules_out is not None:
-        modules_out.write_text("\n".join(sorted(sys.modules)) + "\n", encoding="utf-8")
+        loaded = sorted(name for name, module in sys.modules.items() if module is not None)
+        modules_out.write_text("\n".join(loaded) + "\n", encoding="utf-8")
     return code
 
 
