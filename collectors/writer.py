@@ -97,6 +97,11 @@ def _hour(hours_since_epoch: int) -> datetime:
     return _EPOCH + timedelta(hours=hours_since_epoch)
 
 
+#: An unchanged inventory is written again this often, to keep ``last_seen`` (and FP16 figures
+#: from an updated model table) current without writing it with every batch.
+INVENTORY_REFRESH = timedelta(minutes=10)
+
+
 def inventory_sha256(inventory: Inventory) -> bytes:
     return hashlib.sha256(inventory.model_dump_json().encode()).digest()
 
@@ -184,7 +189,8 @@ class Writer:
                 return Written("duplicate", 0)
             agent = conn.execute(
                 "UPDATE agents SET last_seq = greatest(last_seq, %s), last_report_at = now()"
-                " WHERE id = %s AND revoked_at IS NULL RETURNING inventory_sha256",
+                " WHERE id = %s AND revoked_at IS NULL"
+                " RETURNING inventory_sha256, inventory_seen_at",
                 (batch.seq, batch.agent_id),
             ).fetchone()
             if agent is None:
@@ -193,11 +199,14 @@ class Writer:
             with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
                 copy.write(encode_samples(ids, samples))
             digest = inventory_sha256(batch.inventory)
-            if agent[0] is None or bytes(agent[0]) != digest:
+            known_digest, seen_at = agent
+            if (known_digest is None or bytes(known_digest) != digest or seen_at is None
+                    or batch.created_at - seen_at >= INVENTORY_REFRESH):
                 _upsert_inventory(conn, site_id, batch.inventory, batch.created_at)
                 conn.execute(
-                    "UPDATE agents SET inventory_sha256 = %s WHERE id = %s",
-                    (digest, batch.agent_id),
+                    "UPDATE agents SET inventory_sha256 = %s,"
+                    " inventory_seen_at = greatest(inventory_seen_at, %s) WHERE id = %s",
+                    (digest, batch.created_at, batch.agent_id),
                 )
             if touched.hours:
                 conn.execute(

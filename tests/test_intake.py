@@ -399,3 +399,20 @@ def test_same_batch_posted_concurrently_is_stored_once(client, conn, agent):
     assert statuses == ["duplicate"] * 5 + ["stored"]
     assert counts(conn)["samples"] == batch.sample_count()
     assert counts(conn)["reports"] == 1
+
+
+def test_unchanged_inventory_is_written_again_after_the_refresh_interval(client, conn, agent):
+    from collectors.writer import INVENTORY_REFRESH
+
+    agent.post(client, agent.batch(_recent()))
+    conn.execute("UPDATE accelerators SET fp16_source = 'marker',"
+                 " last_seen = last_seen - interval '1 day'")
+    conn.execute("UPDATE agents SET inventory_seen_at = inventory_seen_at - %s",
+                 (INVENTORY_REFRESH,))
+    before = datetime.now(UTC)
+    reply = agent.post(client, agent.batch(steady_series(now_ms() - 40_000, 2)))
+
+    assert reply.status_code == 200, reply.text
+    rows = conn.execute("SELECT fp16_source, last_seen FROM accelerators").fetchall()
+    assert rows and all(source != "marker" for source, _ in rows)
+    assert all(seen >= before - timedelta(seconds=5) for _, seen in rows)
