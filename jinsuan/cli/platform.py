@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Annotated
 
@@ -30,9 +31,30 @@ def serve(
     settings = Settings()
     db = Database.open(settings)
     try:
-        make_server(Platform(settings, db), host or settings.host, port or settings.port).run()
+        server = make_server(Platform(settings, db), host or settings.host, port or settings.port)
+        tune_gc_for_ingest()
+        server.run()
     finally:
         db.close()
+
+
+def tune_gc_for_ingest() -> None:
+    """Keep the cyclic garbage collector off the intake's back; call once, the app built.
+
+    Parsing one report allocates tens of thousands of containers (a list per point) that all
+    live until the report is written. With the default threshold (700) that sets off dozens of
+    collections per report, and the survivors soon trigger full ones, each walking every
+    object the libraries and the app built at start-up. So: those long-lived objects are
+    moved out of the collector's sight (``gc.freeze``; they live as long as the process, and
+    reference counting still frees any that die), and the youngest generation is collected
+    after 50,000 allocations instead of 700. Cyclic garbage is still collected, only in
+    fewer, larger passes (the process's RSS stays flat through bench/ingest.py's rounds).
+    Measured there: about a third less platform CPU per sample than with the defaults.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(50_000, older, oldest)
 
 
 def demo(
