@@ -285,7 +285,7 @@ def measure_agent(config: Path, receiver: Receiver, args: argparse.Namespace,
         if proc.wait(60) != 0:
             raise _fail(f"agent exited with {proc.returncode}", log)
     with receiver.lock:
-        samples = {n for n in receiver.state.stored.values()}
+        samples = set(receiver.state.stored.values())
     if len(samples) != 1:
         raise SystemExit(f"batches carried different sample counts: {sorted(samples)}")
     return AgentRun((cpu1 - cpu0) / args.cycles, memory, rss0, samples.pop(), text)
