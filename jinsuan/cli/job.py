@@ -11,7 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +30,8 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
+    import httpx  # here, not at the top: `jinsuan agent run` should not load it via this module
+
     try:
         with httpx.Client(base_url=url, timeout=30,
                           headers={"Authorization": f"Bearer {key}"}) as client:
