@@ -1,17 +1,25 @@
 """End-to-end ingest throughput against a raw COPY baseline, measured in the same run.
 
-What it measures: signed, gzip'd report batches from several agents, posted over HTTP on
-loopback to a real platform process (``jinsuan serve``), verified, validated and written with
-COPY into a fresh PostgreSQL database. A *sample* is one value of one series at one time
-(Prometheus' meaning). The baseline is a binary COPY of the same number of (ts, series_id,
-value) rows into the same table of the same database, from this process: the store's own
-ceiling. The figure that matters is the ratio.
+What it measures: signed, gzip'd report batches from several agents (one sender thread each,
+one report in flight per agent, as real agents send), posted over HTTP on loopback to a real
+platform process (``jinsuan serve``), verified, validated and written with COPY into a fresh
+PostgreSQL database. A *sample* is one value of one series at one time (Prometheus' meaning).
+The baseline is a binary COPY of the same rows (same series ids and values, timestamps a day
+earlier so they land in a partition of their own) into the same table of the same database,
+from this process: one COPY per agent's rows, each in one transaction on a connection of its
+own, all at once (the parallelism the intake gets from the agents), encoded by the intake's
+own encoder (``collectors.writer.encode_samples``, struct-packed binary rows written with
+``copy.write``): the store's own ceiling. The figure that matters is the ratio.
 
-Batches are built and signed before the clock starts, so the agents' own cost (measured in
-bench/agent.py) does not count against the platform's.
+Each round posts new batches end to end, then copies the same rows raw; rounds alternate so
+that load from other processes on a shared machine hits both sides alike. Every round is
+printed, then the medians. Batches are built and signed before the clock starts, so the
+agents' own cost (measured in bench/agent.py) does not count against the platform's. The CPU
+time of this process (the senders) and of the platform process during the end-to-end phase
+is printed too, to show which one is the bottleneck.
 
     python bench/ingest.py [--sites 4] [--accelerators 256] [--cycles-per-batch 6]
-                           [--batches 12] [--senders 4]
+                           [--batches 12] [--rounds 3]
 
 PostgreSQL: $JINSUAN_BENCH_PG (an admin URL) or 127.0.0.1:5432; a database is created for the
 run and dropped after it.
@@ -23,12 +31,14 @@ import argparse
 import gzip
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +46,8 @@ import httpx
 import psycopg
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
+from collectors.validation import Samples
+from collectors.writer import COPY_SAMPLES, encode_samples
 from jinsuan import signing
 from jinsuan.settings import Settings
 from jinsuan.sites import create_enrolment_token, create_site
@@ -65,29 +77,48 @@ def _database_url(name: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def _batches(agent_id: str, key, site: SimulatedSite, start: datetime, args) -> list[tuple]:
-    """Signed, gzip'd bodies for one agent: ``args.batches`` of ``args.cycles_per_batch``."""
-    bodies = []
+@dataclass
+class Plan:
+    """One agent's signed bodies per round, and the same samples as columns for the baseline."""
+
+    agent_id: str
+    site_id: int
+    bodies: list[list[tuple[bytes, str, int]]]  # per round: (gzip body, signature, samples)
+    samples: list[list[Samples]]  # per round, per batch
+
+
+def _plan(agent_id: str, site_id: int, key, site: SimulatedSite, start: datetime,
+          args) -> Plan:
+    """``args.rounds`` x ``args.batches`` signed, gzip'd bodies of ``args.cycles_per_batch``."""
+    plan = Plan(agent_id, site_id, [], [])
     interval = 10.0
-    for b in range(args.batches):
-        points: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        inventory = None
-        for c in range(args.cycles_per_batch):
-            now = start + timedelta(seconds=interval * (b * args.cycles_per_batch + c))
-            reading = site.read(now)
-            ms = int(now.timestamp() * 1000)
-            for p in reading.points:
-                points.setdefault((p.metric, p.device), []).append((ms, p.value))
-            inventory = Inventory(racks=reading.racks, accelerators=reading.accelerators,
-                                  meters=reading.meters, edge=reading.edge)
-        batch = Batch(
-            agent_id=agent_id, seq=b + 1, created_at=datetime.now(UTC), interval_s=interval,
-            inventory=inventory,
-            series=[Series(metric=m, device=d, points=pts) for (m, d), pts in points.items()],
-        )
-        body = batch.model_dump_json().encode()
-        bodies.append((gzip.compress(body, 1), signing.sign(key, body), batch.sample_count()))
-    return bodies
+    seq = cycle = 0
+    for _ in range(args.rounds):
+        bodies, samples = [], []
+        for _ in range(args.batches):
+            points: dict[tuple[str, str], list[tuple[int, float]]] = {}
+            inventory = None
+            for _ in range(args.cycles_per_batch):
+                now = start + timedelta(seconds=interval * cycle)
+                cycle += 1
+                reading = site.read(now)
+                ms = int(now.timestamp() * 1000)
+                for p in reading.points:
+                    points.setdefault((p.metric, p.device), []).append((ms, p.value))
+                inventory = Inventory(racks=reading.racks, accelerators=reading.accelerators,
+                                      meters=reading.meters, edge=reading.edge)
+            seq += 1
+            batch = Batch(
+                agent_id=agent_id, seq=seq, created_at=datetime.now(UTC), interval_s=interval,
+                inventory=inventory,
+                series=[Series(metric=m, device=d, points=pts) for (m, d), pts in points.items()],
+            )
+            body = batch.model_dump_json().encode()
+            bodies.append((gzip.compress(body, 1), signing.sign(key, body), batch.sample_count()))
+            samples.append(Samples.of(batch.series))
+        plan.bodies.append(bodies)
+        plan.samples.append(samples)
+    return plan
 
 
 def _post_all(url: str, agent_id: str, bodies: list[tuple], results: list[int]) -> None:
@@ -103,25 +134,75 @@ def _post_all(url: str, agent_id: str, bodies: list[tuple], results: list[int]) 
             results.append(samples)
 
 
-def _raw_copy(url: str, rows: int, series_ids: list[int], start: datetime) -> float:
-    """Seconds to COPY ``rows`` rows of the same shape into the same table."""
-    stamps = [start + timedelta(seconds=10 * i) for i in range(rows // len(series_ids) + 1)]
-    with psycopg.connect(url, autocommit=True) as conn:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _end_to_end(base: str, plans: list[Plan], rnd: int, server_pid: int) -> tuple[float, ...]:
+    """Wall seconds to post round ``rnd`` from every agent; senders' and server's CPU seconds."""
+    results: list[int] = []
+    threads = [threading.Thread(target=_post_all, args=(base, p.agent_id, p.bodies[rnd],
+                                                        results))
+               for p in plans]
+    server_cpu = _cpu_seconds(server_pid)
+    client_cpu = time.process_time()
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    sent = sum(s for p in plans for _, _, s in p.bodies[rnd])
+    assert sum(results) == sent, "not every batch was stored"
+    return wall, time.process_time() - client_cpu, _cpu_seconds(server_pid) - server_cpu
+
+
+def _baseline_rows(url: str, plans: list[Plan], rnd: int) -> list[tuple[list[int], Samples]]:
+    """Round ``rnd``'s rows per agent: series ids and columns, timestamps a day earlier."""
+    with psycopg.connect(url) as conn:
+        ids = {(site, m, d): i for site, m, d, i in
+               conn.execute("SELECT site_id, metric, device, id FROM series")}
+    rows = []
+    for plan in plans:
+        series_ids: list[int] = []
+        columns = Samples([], [], [], [], [])
+        for samples in plan.samples[rnd]:
+            series_ids += [ids[(plan.site_id, m, d)]
+                           for m, d in zip(samples.metrics, samples.devices, strict=True)]
+            columns.metrics.extend(samples.metrics)
+            columns.devices.extend(samples.devices)
+            columns.counts.extend(samples.counts)
+            columns.times.extend(t - 86_400_000 for t in samples.times)
+            columns.values.extend(samples.values)
+        rows.append((series_ids, columns))
+    return rows
+
+
+def _raw_copy(url: str, rows: list[tuple[list[int], Samples]]) -> float:
+    """Seconds to encode and COPY each agent's rows at once, each on its own connection."""
+    connections = [psycopg.connect(url) for _ in rows]
+    start = threading.Barrier(len(rows) + 1)
+
+    def load(conn: psycopg.Connection, series_ids: list[int], samples: Samples) -> None:
+        start.wait()
+        with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
+            copy.write(encode_samples(series_ids, samples))
+
+    threads = [threading.Thread(target=load, args=(conn, *r))
+               for conn, r in zip(connections, rows, strict=True)]
+    try:
+        for t in threads:
+            t.start()
+        start.wait()
         began = time.perf_counter()
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-            "COPY samples (ts, series_id, value) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["timestamptz", "int4", "float8"])
-            n = 0
-            for ts in stamps:
-                for sid in series_ids:
-                    copy.write_row((ts, sid, 123.5))
-                    n += 1
-                    if n == rows:
-                        break
-                if n == rows:
-                    break
+        for t in threads:
+            t.join()
         return time.perf_counter() - began
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def main() -> None:
@@ -129,7 +210,8 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--accelerators", type=int, default=256)
     parser.add_argument("--cycles-per-batch", type=int, default=6)
-    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batches", type=int, default=12, help="per agent and round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     name = f"jinsuan_bench_{uuid.uuid4().hex[:8]}"
@@ -170,7 +252,8 @@ def main() -> None:
                     raise SystemExit("the platform did not start")
                 time.sleep(0.2)
 
-            start = datetime.now(UTC) - timedelta(hours=2)
+            span = timedelta(seconds=10 * args.rounds * args.batches * args.cycles_per_batch)
+            start = datetime.now(UTC) - span - timedelta(minutes=10)
             plans = []
             for i, token in enumerate(tokens):
                 key = signing.new_private_key()
@@ -182,34 +265,32 @@ def main() -> None:
                 site = SimulatedSite(SimulatedSiteConfig(
                     seed=i, fleet={"NVIDIA H800": args.accelerators // 2,
                                    "Ascend910B3": args.accelerators - args.accelerators // 2}))
-                plans.append((enrolled.agent_id, _batches(enrolled.agent_id, key, site, start,
-                                                          args)))
-            total = sum(s for _, bodies in plans for _, _, s in bodies)
+                plans.append(_plan(enrolled.agent_id, enrolled.site_id, key, site, start, args))
 
-            results: list[int] = []
-            threads = [threading.Thread(target=_post_all, args=(base, a, b, results))
-                       for a, b in plans]
-            began = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            e2e_s = time.perf_counter() - began
-            assert sum(results) == total, "not every batch was stored"
+            rounds = []
+            stored = 0
+            for rnd in range(args.rounds):
+                total = sum(s for p in plans for _, _, s in p.bodies[rnd])
+                e2e_s, client_cpu, server_cpu = _end_to_end(base, plans, rnd, server.pid)
+                stored += total
+                with psycopg.connect(url) as conn:
+                    count = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+                assert count == stored, f"{count} samples stored, {stored} sent"
+                raw_s = _raw_copy(url, _baseline_rows(url, plans, rnd))
+                stored += total
+                e2e, raw = total / e2e_s, total / raw_s
+                rounds.append((e2e, raw, e2e / raw))
+                print(f"round {rnd + 1}: {total:,} samples in "
+                      f"{sum(len(p.bodies[rnd]) for p in plans)} batches from {args.sites} "
+                      f"agents; end to end {e2e:,.0f}/s ({e2e_s:.2f} s; CPU: platform "
+                      f"{server_cpu:.2f} s, senders {client_cpu:.2f} s), raw COPY {raw:,.0f}/s "
+                      f"({raw_s:.2f} s), ratio {e2e / raw:.2f}", flush=True)
 
-            with psycopg.connect(url) as conn:
-                stored = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
-                series_ids = [r[0] for r in conn.execute("SELECT id FROM series ORDER BY id")]
-            assert stored == total, f"{stored} samples stored, {total} sent"
-            raw_s = _raw_copy(url, total, series_ids, start - timedelta(days=1))
-
-        e2e = total / e2e_s
-        raw = total / raw_s
-        print(f"samples: {total:,} in {sum(len(b) for _, b in plans)} batches "
-              f"from {args.sites} agents")
+        e2e, raw, ratio = (statistics.median(r[i] for r in rounds) for i in range(3))
+        print(f"median of {args.rounds} rounds:")
         print(f"end to end (HTTP, verify, validate, COPY): {e2e:,.0f} samples/s")
         print(f"raw COPY baseline, same rows, same table:  {raw:,.0f} samples/s")
-        print(f"ratio: {e2e / raw:.2f}")
+        print(f"ratio: {ratio:.2f}")
     finally:
         if server is not None:
             server.terminate()
