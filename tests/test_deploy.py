@@ -123,9 +123,21 @@ def one(unit: dict[str, dict[str, list[str]]], key: str) -> str:
 
 
 def exec_argv(unit: dict[str, dict[str, list[str]]]) -> list[str]:
+    """The unit's command as ``jinsuan`` arguments; ``jinsuan-agent ...`` is the lean entry
+    point for ``jinsuan agent run ...`` (same options, without the CLI's libraries)."""
     argv = one(unit, "ExecStart").split()
+    if argv[0].endswith("/jinsuan-agent"):
+        return ["agent", "run", *argv[1:]]
     assert argv[0].endswith("/jinsuan"), argv
     return argv[1:]
+
+
+def test_the_lean_agent_entry_point_takes_the_cli_options() -> None:
+    from agents.daemon import main
+
+    for args in (["--config", "/nonexistent/site.toml"],
+                 ["--config", "/nonexistent/site.toml", "--log-level", "WARNING"]):
+        assert main(args) == 2  # parsed; then the missing file is a config error
 
 
 def referenced_commands() -> dict[str, list[str]]:
