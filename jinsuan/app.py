@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from jinsuan import __version__
+from jinsuan.auth import KeyCache
 from jinsuan.errors import (
     Conflict,
     Forbidden,
@@ -51,19 +52,21 @@ def create_app(platform: Platform) -> FastAPI:
     from collectors.jobs import start_background_jobs
     from collectors.routes import routers as collector_routers
     from scheduler.routes import routers as scheduler_routers
-    from scheduler.service import start_scheduler
+    from scheduler.service import service_for
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background = platform.settings.run_background_jobs
         jobs = start_background_jobs(platform) if background else None
-        placement = start_scheduler(platform) if background else None
+        placement = service_for(platform)
+        if background:
+            placement.start()
         try:
             yield
         finally:
-            for scheduler in (placement, jobs):
-                if scheduler is not None:
-                    scheduler.shutdown(wait=True)
+            placement.shutdown(wait=True)  # also ends the lease wake-up listener, if started
+            if jobs is not None:
+                jobs.shutdown(wait=True)
 
     app = FastAPI(
         title="jinsuan 晋算",
@@ -72,6 +75,7 @@ def create_app(platform: Platform) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
+    app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.auth.KEY_CACHE_TTL_S
 
     @app.exception_handler(JinsuanError)
     async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:
@@ -83,6 +87,8 @@ def create_app(platform: Platform) -> FastAPI:
         first = exc.errors()[0]
         return error_response(422, "invalid", first["msg"], _loc(tuple(first["loc"])))
 
-    for router in [*collector_routers(platform), *scheduler_routers(platform)]:
+    # The scheduler's first: FastAPI tries routes in order, and submits and lease requests are
+    # the busiest (no two routes share a path, so the order changes nothing else).
+    for router in [*scheduler_routers(platform), *collector_routers(platform)]:
         app.include_router(router)
     return app

@@ -11,6 +11,9 @@ import enum
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -74,6 +77,58 @@ def authenticate(conn: psycopg.Connection, presented: str) -> Principal | None:
     if row is None or not hmac.compare_digest(bytes(row[1]), _sha256(parts[2])):
         return None
     return Principal(row[0], Role(row[2]), row[3], row[4])
+
+
+KEY_CACHE_TTL_S = 5.0
+"""How long a platform process trusts a key it verified: the bound on how late a revocation
+takes effect there (``jinsuan keys revoke`` runs in another process, which cannot reach it)."""
+
+
+class KeyCache:
+    """Keys verified in the last ``ttl_s`` seconds → their :class:`Principal`.
+
+    Only keys that verified are kept (an unknown or revoked key is asked about each time, so a
+    newly created key works at once); entries are found by the key's SHA-256, so no key is kept
+    in clear. A revocation takes effect in this process within ``ttl_s``. Thread-safe; at most
+    ``max_entries`` keys, the oldest dropped first.
+    """
+
+    def __init__(self, ttl_s: float = KEY_CACHE_TTL_S, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, presented: str) -> Principal | None:
+        """The cached principal, or None when the key was not verified within ``ttl_s``."""
+        digest = _sha256(presented)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if self._clock() >= entry[0]:
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, presented: str, principal: Principal) -> None:
+        digest = _sha256(presented)
+        with self._lock:
+            self._entries.pop(digest, None)
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[digest] = (self._clock() + self.ttl_s, principal)
+
+    def authenticate(self, conn: psycopg.Connection, presented: str) -> Principal | None:
+        """:func:`authenticate` through the cache."""
+        principal = self.get(presented)
+        if principal is None:
+            principal = authenticate(conn, presented)
+            if principal is not None:
+                self.put(presented, principal)
+        return principal
 
 
 def revoke_key(conn: psycopg.Connection, prefix: str) -> bool:

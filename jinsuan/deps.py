@@ -11,40 +11,57 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from jinsuan.auth import Principal, Role, authenticate
+from jinsuan.auth import KeyCache, Principal, Role
 from jinsuan.errors import Forbidden, Unauthenticated
 from jinsuan.platform import Platform
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `jinsuan keys create`.")
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    # async, like every dependency here that does no I/O: FastAPI runs a plain function in a
+    # worker thread, a hop that costs more than the function
     return request.app.state.platform
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def get_conn(platform: PlatformDep) -> Iterator[psycopg.Connection]:
+def get_conn(request: Request, platform: PlatformDep) -> Iterator[psycopg.Connection]:
     with platform.db.pool.connection() as conn:
-        yield conn
+        request.state.conn = conn  # for ``allow`` to share, should it need the store
+        try:
+            yield conn
+        finally:
+            del request.state.conn
 
 
 ConnDep = Annotated[psycopg.Connection, Depends(get_conn)]
 
 
 def allow(*roles: Role) -> Any:
-    """A dependency that authenticates the caller's API key and admits only ``roles``."""
+    """A dependency that authenticates the caller's API key and admits only ``roles``.
 
-    def check(
-        conn: ConnDep,
+    A key verified within ``KeyCache.ttl_s`` is admitted without asking the store (and without a
+    worker thread); otherwise the store is asked in the thread pool, on the request's own
+    connection when its route already holds one (never a second connection while holding one:
+    with the pool exhausted, requests each holding one and waiting for another would deadlock).
+    """
+
+    async def check(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if credentials is None:
             raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
-        principal = authenticate(conn, credentials.credentials)
+        keys: KeyCache = request.app.state.key_cache
+        principal = keys.get(credentials.credentials)
+        if principal is None:
+            principal = await run_in_threadpool(_authenticate, request, keys,
+                                                credentials.credentials)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
         if principal.role not in roles:
@@ -56,10 +73,18 @@ def allow(*roles: Role) -> Any:
     return Depends(check)
 
 
+def _authenticate(request: Request, keys: KeyCache, presented: str) -> Principal | None:
+    conn = getattr(request.state, "conn", None)
+    if conn is not None:
+        return keys.authenticate(conn, presented)
+    with request.app.state.platform.db.pool.connection() as conn:
+        return keys.authenticate(conn, presented)
+
+
 def public(why: str) -> Any:
     """Declare a route open to callers without an API key, and why (a signature, a token...)."""
 
-    def open_route() -> None:
+    async def open_route() -> None:
         return None
 
     open_route.public_reason = why  # type: ignore[attr-defined]  # read by the access test

@@ -12,6 +12,15 @@ leased again, so a report from an older lease (a site that lost its lease and ca
 recognised and refused with 409 ``stale_lease``; a run also ends once, so a second end report
 with a different outcome is refused the same way.
 
+Long poll: a lease request may carry ``wait_s``. When the platform has no new run for the agent
+(and nothing to cancel or drop), it may hold the request open until a run is placed at the
+agent's site or ``wait_s`` passes, whichever comes first, and then answers as usual; so an agent
+that asks again as soon as it has its answer learns of new work within moments, not a polling
+interval. The platform holds a request at most ``MAX_LEASE_WAIT_S`` and at most a third of the
+lease TTL, whatever ``wait_s`` asks, so a held request never lets the agent's leases lapse; the
+held runs are renewed when the request arrives. ``wait_s`` 0 (the default) answers at once.
+A cancel is not a reason to end a held request early: the agent learns of it in the next answer.
+
 Like ``jinsuan.wire`` this module is import-light: agents import it and nothing else from the
 platform.
 """
@@ -31,6 +40,7 @@ __all__ = [
     "EVENT_STATUS_RECORDED",
     "LEASES_PATH",
     "LOG_TAIL_MAX_BYTES",
+    "MAX_LEASE_WAIT_S",
     "REPLAY_WINDOW_S",
     "SIGNATURE_HEADER",
     "STALE_LEASE_CODE",
@@ -49,6 +59,7 @@ __all__ = [
 LEASES_PATH = "/v1/leases"
 REPLAY_WINDOW_S = 300.0
 LOG_TAIL_MAX_BYTES = 64 * 1024
+MAX_LEASE_WAIT_S = 20.0  # below the agent's default 30 s request timeout
 STALE_LEASE_CODE = "stale_lease"
 EVENT_STATUS_RECORDED = "recorded"
 EVENT_STATUS_DUPLICATE = "duplicate"
@@ -94,6 +105,9 @@ class LeaseRequest(_Wire):
     executor: ExecutorKind
     held: list[HeldRun] = Field(default_factory=list)
     free_slots: int = Field(ge=0, description="How many more runs the agent accepts now.")
+    wait_s: float = Field(
+        default=0.0, ge=0, le=MAX_LEASE_WAIT_S,
+        description="Hold the request up to this long until a run is placed here (long poll).")
 
 
 class Lease(_Wire):

@@ -35,6 +35,11 @@ class SchedulerConfig(BaseSettings):
     inventory_max_age_s: float = Field(
         default=2.0, ge=0, description="Cycles reuse the sites' healthy inventory this long."
     )
+    lease_workers: int = Field(
+        default=4, ge=1,
+        description="Lease requests answered at once by one platform process; the rest wait"
+                    " their turn without holding a thread or a pooled connection, which stay"
+                    " free for submits and the cycle.")
     weights: Weights = Field(default_factory=Weights)
     ageing_per_hour: float = Field(
         default=10.0, ge=0, description="Priority points a queued job gains per hour of waiting."

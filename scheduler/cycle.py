@@ -22,6 +22,7 @@ from scheduler.jobs import move_run, new_run_id, requeue_or_fail
 from scheduler.placement import Decisions, Placement, Snapshot, place
 from scheduler.snapshot import InventoryCache, load_snapshot
 from scheduler.states import JobState, RunState, transition
+from scheduler.wakeups import notify_placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,8 @@ def commit_decisions(conn: psycopg.Connection, snapshot: Snapshot, decisions: De
             held[key] = held.get(key, 0) + p.accelerators
             kept.append(p)
         _insert_runs(conn, kept, now, cfg)
+        if kept:
+            notify_placed(conn, (p.site_id for p in kept))  # wakes held lease requests
         conn.execute("DELETE FROM pool_reservations")
         if decisions.reservations:
             with conn.cursor() as cur:
@@ -139,11 +142,16 @@ def _insert_runs(conn: psycopg.Connection, kept: list[Placement], now: datetime,
 
 def run_cycle(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime | None = None,
               inventory: InventoryCache | None = None) -> CycleResult:
+    """One cycle at ``now`` (the clock when None; then runs are stamped placed at the commit, not
+    at the snapshot: a job submitted while the snapshot was read is never placed before it was
+    submitted)."""
     started = time.perf_counter()
+    live_clock = now is None
     now = now or datetime.now(UTC)
     expired = expire_leases(conn, now, cfg)
     snapshot = load_snapshot(conn, cfg, now, inventory)
     decisions = place(snapshot, cfg)
-    kept = commit_decisions(conn, snapshot, decisions, cfg, now)
+    kept = commit_decisions(conn, snapshot, decisions, cfg,
+                            datetime.now(UTC) if live_clock else now)
     return CycleResult(len(kept), len(decisions.placements) - len(kept), expired,
                        len(snapshot.jobs), time.perf_counter() - started)

@@ -6,6 +6,7 @@ table, update the row only if it is still in the expected state, and keep the ti
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime
 from typing import Any
@@ -29,20 +30,41 @@ def new_run_id() -> str:
 
 def submit_job(conn: psycopg.Connection, spec: JobSpec, tenant: str, now: datetime) -> str:
     """Queue a job for ``tenant``; return its id."""
-    job_id = new_job_id()
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO jobs (id, tenant, project, name, spec, constraints, tasks,"
-            " accelerators_per_task, priority, max_runtime_s, retries, state, submitted_at,"
-            " state_changed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'queued',"
-            " %s, %s)",
-            (job_id, tenant, spec.project, spec.name,
-             spec.model_copy(update={"tenant": tenant}).model_dump_json(),
-             spec.constraints_key(), spec.tasks, spec.accelerators_per_task, spec.priority,
-             spec.max_runtime_s, spec.retries, now, now),
-        )
-        record_transition(conn, job_id, None, None, JobState.QUEUED, now, "submitted")
-    return job_id
+    return submit_jobs(conn, [(spec, tenant, now)])[0]
+
+
+def submit_jobs(conn: psycopg.Connection, jobs: list[tuple[JobSpec, str, datetime]]
+                ) -> list[str]:
+    """Queue jobs, each ``(spec, tenant, submitted at)``; return their ids in order.
+
+    All of them, with their first transitions, are written by one statement: one round trip,
+    atomic on its own. Submits come hundreds a second and are written in groups
+    (``scheduler.submits``); the group travels as one JSON document, which costs far less to
+    encode than a dozen array parameters.
+    """
+    ids = [new_job_id() for _ in jobs]
+    rows = [
+        {"id": job_id, "tenant": tenant, "project": spec.project, "name": spec.name,
+         "spec": spec.model_copy(update={"tenant": tenant}).model_dump(mode="json"),
+         "constraints": spec.constraints_key(), "tasks": spec.tasks,
+         "per_task": spec.accelerators_per_task, "priority": spec.priority,
+         "max_runtime_s": spec.max_runtime_s, "retries": spec.retries, "at": at.isoformat()}
+        for job_id, (spec, tenant, at) in zip(ids, jobs, strict=True)
+    ]
+    conn.execute(
+        "WITH job AS (INSERT INTO jobs (id, tenant, project, name, spec, constraints, tasks,"
+        " accelerators_per_task, priority, max_runtime_s, retries, state, submitted_at,"
+        " state_changed_at)"
+        " SELECT u.id, u.tenant, u.project, u.name, u.spec, u.constraints, u.tasks,"
+        " u.per_task, u.priority, u.max_runtime_s, u.retries, %s, u.at, u.at"
+        " FROM jsonb_to_recordset(%s::jsonb) AS u(id text, tenant text, project text,"
+        " name text, spec jsonb, constraints text, tasks int, per_task int, priority int,"
+        " max_runtime_s int, retries int, at timestamptz) RETURNING id, submitted_at)"
+        " INSERT INTO job_transitions (job_id, run_id, from_state, to_state, at, reason)"
+        " SELECT id, NULL, NULL, %s, submitted_at, 'submitted' FROM job",
+        (JobState.QUEUED, json.dumps(rows), JobState.QUEUED),
+    )
+    return ids
 
 
 def record_transition(conn: psycopg.Connection, job_id: str, run_id: str | None,

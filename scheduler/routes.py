@@ -3,22 +3,26 @@ agent-signed lease endpoints (``jinsuan.leasewire``)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 import psycopg
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from jinsuan.agentauth import verify_agent_request
+from jinsuan.agentauth import SignedBy, verify_agent_request
 from jinsuan.auth import Principal, Role
 from jinsuan.deps import ConnDep, allow, public
 from jinsuan.errors import Forbidden, Invalid
 from jinsuan.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
+    MAX_LEASE_WAIT_S,
     REPLAY_WINDOW_S,
     SIGNATURE_HEADER,
     EventAck,
@@ -36,7 +40,6 @@ from scheduler.jobs import (
     cancel_job,
     job_detail,
     list_jobs,
-    submit_job,
 )
 from scheduler.leases import handle_event, handle_lease
 from scheduler.placement import Snapshot, TenantUsage, explain
@@ -77,6 +80,13 @@ def _own_tenant(principal: Principal) -> str | None:
     return principal.tenant if principal.role is Role.DISPATCHER else None
 
 
+def _json(model: BaseModel, status: int = 200) -> Response:
+    """The model as the response, serialised once: a route on the hot path returns this instead
+    of the model, which FastAPI would otherwise dump, validate again and serialise (the declared
+    ``response_model`` still documents it)."""
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
 async def _body(request: Request, limit: int) -> bytes:
     body = await request.body()
     if len(body) > limit:
@@ -88,7 +98,7 @@ def jobs_router(service: SchedulerService) -> APIRouter:
     api = APIRouter(tags=["jobs"])
 
     @api.post("/v1/jobs", status_code=201, response_model=Submitted)
-    def submit(spec: JobSpec, conn: ConnDep, principal: Submitters) -> Submitted:
+    async def submit(spec: JobSpec, principal: Submitters) -> Response:
         """Queue a job; its id comes back at once and placement follows within a cycle."""
         tenant = spec.tenant
         if principal.role is Role.DISPATCHER:
@@ -98,9 +108,8 @@ def jobs_router(service: SchedulerService) -> APIRouter:
             tenant = principal.tenant
         if tenant is None:
             raise Invalid("the spec must name a tenant", field="tenant")
-        job_id = submit_job(conn, spec, tenant, datetime.now(UTC))
-        service.trigger()
-        return Submitted(id=job_id, state=JobState.QUEUED)
+        job_id = await service.submits.submit(spec, tenant, datetime.now(UTC))
+        return _json(Submitted(id=job_id, state=JobState.QUEUED), status=201)
 
     @api.get("/v1/jobs", response_model=list[JobSummary])
     def jobs(conn: ConnDep, principal: Readers, state: JobState | None = None,
@@ -187,13 +196,26 @@ def sites_router() -> APIRouter:
 
 def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
     api = APIRouter(tags=["leases"])
+    answering = anyio.CapacityLimiter(service.cfg.lease_workers)
 
     @api.post(LEASES_PATH, response_model=LeaseReply, dependencies=[public(_SIGNED)],
               responses={401: {}, 409: {}, 422: {}})
-    async def lease(request: Request) -> LeaseReply:
-        """An agent's lease request and heartbeat (``jinsuan.leasewire.LeaseRequest``)."""
+    async def lease(request: Request) -> Response:
+        """An agent's lease request and heartbeat (``jinsuan.leasewire.LeaseRequest``); held
+        up to ``wait_s`` while there is nothing new for the agent (long poll)."""
         body = await _body(request, _MAX_LEASE_BODY)
-        return await run_in_threadpool(_lease, platform, service, request.headers, body)
+        agent, req, seen, reply = await anyio.to_thread.run_sync(
+            _lease, platform, service, request.headers, body, limiter=answering)
+        deadline = time.monotonic() + min(req.wait_s, MAX_LEASE_WAIT_S, service.cfg.lease_ttl_s / 3)
+        while not (reply.new or reply.cancel or reply.lost):
+            left = deadline - time.monotonic()
+            if left <= 0 or not await service.wakeups.wait(agent.site_id, seen, left):
+                break
+            if await request.is_disconnected():  # nobody to hand new runs to
+                break
+            seen, reply = await anyio.to_thread.run_sync(
+                _lease_new, platform, service, agent, req, limiter=answering)
+        return _json(reply)
 
     @api.post("/v1/runs/{run_id}/events", response_model=EventAck,
               dependencies=[public(_SIGNED)], responses={401: {}, 404: {}, 409: {}, 422: {}})
@@ -205,14 +227,28 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
     return api
 
 
-def _lease(platform: Platform, service: SchedulerService, headers, body: bytes) -> LeaseReply:
+def _lease(platform: Platform, service: SchedulerService, headers, body: bytes
+           ) -> tuple[SignedBy, LeaseRequest, tuple[int, int], LeaseReply]:
+    """Verify and answer a lease request; also the site's wake-up generation, read before the
+    answer looked for work, for a long poll to wait on."""
     now = datetime.now(UTC)
     with platform.db.pool.connection() as conn:
         agent, req = verify_agent_request(
             conn, body, agent_header=headers.get(AGENT_HEADER),
             signature=headers.get(SIGNATURE_HEADER), model=LeaseRequest, now=now,
             window_s=REPLAY_WINDOW_S)
-        return handle_lease(conn, agent, req, service.cfg, now)
+        if req.wait_s > 0:
+            service.listener.ensure_started()
+        seen = service.wakeups.generation(agent.site_id)
+        return agent, req, seen, handle_lease(conn, agent, req, service.cfg, now)
+
+
+def _lease_new(platform: Platform, service: SchedulerService, agent: SignedBy,
+               req: LeaseRequest) -> tuple[tuple[int, int], LeaseReply]:
+    """A held request woken by a placement: answer it again (already verified)."""
+    with platform.db.pool.connection() as conn:
+        seen = service.wakeups.generation(agent.site_id)
+        return seen, handle_lease(conn, agent, req, service.cfg, datetime.now(UTC))
 
 
 def _event(platform: Platform, service: SchedulerService, run_id: str, headers,

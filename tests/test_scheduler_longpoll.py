@@ -1,0 +1,199 @@
+"""Long-polled lease requests, grouped submits and the API-key cache, against a platform served
+by uvicorn on loopback and a real PostgreSQL.
+
+A held lease request can only come back with a run if a placement woke it: it looked for work
+once, found none, and then waits for its site's wake-up or for ``wait_s`` to pass."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from jinsuan.app import create_app
+from jinsuan.auth import KeyCache, Principal, Role, create_key, revoke_key
+from jinsuan.leasewire import (
+    AGENT_HEADER,
+    LEASES_PATH,
+    MAX_LEASE_WAIT_S,
+    SIGNATURE_HEADER,
+    ExecutorKind,
+    LeaseReply,
+    LeaseRequest,
+)
+from jinsuan.platform import Platform
+from jinsuan.signing import new_private_key, public_key_b64, sign
+from scheduler.cycle import run_cycle
+from scheduler.seed import PoolSpec, seed_site
+from scheduler.service import service_for
+from scheduler.spec import JobSpec
+
+JOB = {"project": "llm", "tasks": 1, "accelerators_per_task": 1,
+       "payload": {"command": ["python", "train.py"]}}
+
+
+@pytest.fixture
+def platform(settings, db) -> Platform:
+    return Platform(settings=settings, db=db)
+
+
+@pytest.fixture
+def served(platform) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(platform), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def site(conn, db):
+    key = new_private_key()
+    site_id, agent_id = seed_site(conn, db.partitions, name="taiyuan-1", city="Taiyuan",
+                                  now=datetime.now(UTC), public_key=public_key_b64(key),
+                                  pools=[PoolSpec("H100", 8, Decimal("9.00"))])
+    return site_id, agent_id, key
+
+
+def _lease(url: str, site, wait_s: float) -> httpx.Response:
+    _, agent_id, key = site
+    body = LeaseRequest.model_construct(  # unchecked, so a test can send a wait beyond the cap
+        agent_id=agent_id, sent_at=datetime.now(UTC), executor=ExecutorKind.PROCESS, held=[],
+        free_slots=4, wait_s=wait_s).model_dump_json().encode()
+    return httpx.post(url + LEASES_PATH, content=body, timeout=MAX_LEASE_WAIT_S + 30,
+                      headers={AGENT_HEADER: agent_id, SIGNATURE_HEADER: sign(key, body),
+                               "Content-Type": "application/json"})
+
+
+def _wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_held_lease_request_is_answered_with_the_run_a_later_cycle_places(
+        served, platform, site, conn):
+    service = service_for(platform)
+    submitted = httpx.post(served + "/v1/jobs", json=JOB, headers={
+        "Authorization": f"Bearer {create_key(conn, Role.DISPATCHER, tenant='t1')}"})
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(_lease, served, site, MAX_LEASE_WAIT_S)
+        # The request has looked for work, found none and waits on its site.
+        _wait_until(lambda: service.wakeups._waiters.get(site[0]), "the request to be held")
+        assert not held.done()
+        with platform.db.pool.connection() as other:  # a cycle, as another process would run it
+            assert run_cycle(other, service.cfg).placed == 1
+        reply = held.result(timeout=MAX_LEASE_WAIT_S + 30)
+
+    assert reply.status_code == 200, reply.text
+    assert [lease.job_id for lease in LeaseReply.model_validate_json(reply.content).new] == [
+        job_id]
+    state = conn.execute("SELECT state FROM jobs WHERE id = %s", (job_id,)).fetchone()[0]
+    assert state == "leased"
+
+
+def test_a_held_lease_request_ends_empty_when_nothing_is_placed(served, site):
+    reply = _lease(served, site, 0.3)
+    assert reply.status_code == 200, reply.text
+    assert LeaseReply.model_validate_json(reply.content).new == []
+
+
+def test_a_wait_beyond_the_cap_is_refused_and_says_where(served, site):
+    reply = _lease(served, site, MAX_LEASE_WAIT_S + 1)
+    assert reply.status_code == 422
+    assert reply.json()["error"]["field"] == "wait_s"
+
+
+def test_concurrent_submits_each_get_their_own_committed_job(served, conn):
+    headers = {"Authorization": f"Bearer {create_key(conn, Role.DISPATCHER, tenant='t1')}"}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(
+            lambda i: httpx.post(served + "/v1/jobs", json={**JOB, "name": f"j{i}"},
+                                 headers=headers), range(40)))
+    assert [r.status_code for r in replies] == [201] * 40
+    ids = {r.json()["id"] for r in replies}
+    stored = dict(conn.execute(
+        "SELECT j.id, j.name FROM jobs j JOIN job_transitions t ON t.job_id = j.id"
+        " AND t.to_state = 'queued' WHERE j.id = ANY(%s)", (list(ids),)).fetchall())
+    assert set(stored) == ids
+    assert sorted(stored.values()) == sorted(f"j{i}" for i in range(40))
+
+
+def test_a_failing_job_in_a_group_fails_alone(platform, db, conn):
+    """The writer writes a group in one statement; a row the store refuses must not take the
+    others down with it. The pool is held so that the two last submits queue up as one group."""
+    writer = service_for(platform).submits
+    good = JobSpec.model_validate(JOB)
+    bad = good.model_copy(update={"retries": -1})  # skips validation; the store refuses it
+    now = datetime.now(UTC)
+    held = [db.pool.getconn() for _ in range(db.pool.max_size - 1)]  # `conn` holds the last
+
+    async def submit_all():
+        first = asyncio.ensure_future(writer.submit(good, "t1", now))
+        await asyncio.sleep(0)  # the task runs up to its wait: the job is on the queue
+        while not writer._queue.empty():  # the writer took it and waits for a connection
+            await asyncio.sleep(0.01)
+        group = [asyncio.ensure_future(writer.submit(spec, "t1", now)) for spec in (bad, good)]
+        while writer._queue.qsize() < 2:
+            await asyncio.sleep(0.01)
+        for connection in held:
+            db.pool.putconn(connection)
+        return await asyncio.gather(first, *group, return_exceptions=True)
+
+    try:
+        first, refused, second = asyncio.run(submit_all())
+    finally:
+        writer.stop()
+    assert isinstance(first, str) and isinstance(second, str)
+    assert isinstance(refused, psycopg.errors.CheckViolation)
+    stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    assert stored == {first, second}
+
+
+def test_a_cached_key_is_trusted_for_its_ttl_then_asked_again(conn):
+    now = [0.0]
+    cache = KeyCache(ttl_s=5.0, clock=lambda: now[0])
+    key = create_key(conn, Role.DISPATCHER, tenant="t1")
+    principal = cache.authenticate(conn, key)
+    assert isinstance(principal, Principal) and principal.tenant == "t1"
+
+    assert revoke_key(conn, key.split("_")[1])
+    now[0] = 4.9
+    assert cache.authenticate(conn, key) == principal  # within the documented bound
+    now[0] = 5.0
+    assert cache.authenticate(conn, key) is None  # asked again: revoked
+    assert cache.get(key) is None
+
+
+def test_the_key_cache_keeps_no_failures_and_at_most_its_size(conn):
+    cache = KeyCache(max_entries=2)
+    assert cache.authenticate(conn, "jsk_nope_nope") is None
+    assert cache.get("jsk_nope_nope") is None
+    keys = [create_key(conn, Role.DISPATCHER, tenant=f"t{i}") for i in range(3)]
+    for key in keys:
+        assert cache.authenticate(conn, key) is not None
+    assert cache.get(keys[0]) is None  # the oldest went first
+    assert cache.get(keys[2]) is not None
