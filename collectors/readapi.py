@@ -77,40 +77,34 @@ class SiteAccelerators(BaseModel):
     accelerators: list[AcceleratorOut]
 
 
-class SiteHour(BaseModel):
+class HourFigures(BaseModel):
+    """The figures of one hour, for a site or summed over an enterprise's sites."""
+
+    hour: datetime
+    it_kwh: Decimal | None
+    facility_kwh: Decimal | None
+    pue: Decimal | None
+    fp16_pflops: float
+    accelerators: int
+    racks: int
+    utilization: float | None
+    coverage_it: float
+    coverage_facility: float
+    coverage_accelerators: float
+
+
+class SiteHour(HourFigures):
     site_id: int
     site: str
     city: str
     enterprise: str
-    hour: datetime
-    it_kwh: Decimal | None
-    facility_kwh: Decimal | None
-    pue: Decimal | None
-    fp16_pflops: float
-    accelerators: int
-    racks: int
-    utilization: float | None
-    coverage_it: float
-    coverage_facility: float
-    coverage_accelerators: float
     computed_at: datetime
 
 
-class EnterpriseHour(BaseModel):
+class EnterpriseHour(HourFigures):
     enterprise_id: int
     enterprise: str
-    hour: datetime
     sites: int
-    it_kwh: Decimal | None
-    facility_kwh: Decimal | None
-    pue: Decimal | None
-    fp16_pflops: float
-    accelerators: int
-    racks: int
-    utilization: float | None
-    coverage_it: float
-    coverage_facility: float
-    coverage_accelerators: float
 
 
 def _readable_site(conn: psycopg.Connection, principal: Principal, site_id: int) -> Site:
