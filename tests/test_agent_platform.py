@@ -3,7 +3,6 @@ the platform's intake (uvicorn on loopback) -> PostgreSQL."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from servers import serving
 
 from agents.config import load_config
 from agents.daemon import Agent, start_probes
@@ -39,20 +38,8 @@ class FixedClock:
 
 @pytest.fixture
 def platform_url(settings, db) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(Platform(settings=settings, db=db))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(Platform(settings=settings, db=db))) as url:
+        yield url
 
 
 def test_simulated_site_reports_reach_the_store_exactly_once(tmp_path: Path, conn, platform_url):

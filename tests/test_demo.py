@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import psycopg
 import pytest
+from servers import free_port
 
 from jinsuan.cli.demo import SITES, run_demo
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(what: str, check, timeout_s: float = 90.0) -> None:
@@ -35,7 +29,7 @@ def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
 
     def demo() -> None:
         try:
-            run_demo(port=_free_port(), interval=0.5, refresh=0.5, jobs_every=0.3, stop=stop)
+            run_demo(port=free_port(), interval=0.5, refresh=0.5, jobs_every=0.3, stop=stop)
         except BaseException as exc:  # reported by the assertion below
             failure.append(exc)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-import uvicorn
+from servers import serving
 from typer.testing import CliRunner
 
 from jinsuan.app import create_app
@@ -22,20 +19,8 @@ from scheduler.seed import PoolSpec, seed_site
 
 @pytest.fixture
 def served(settings, db) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Platform(settings=settings, db=db)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(Platform(settings=settings, db=db))) as url:
+        yield url
 
 
 def test_submit_from_yaml_show_why_not_list_and_cancel(served, conn, db, tmp_path):

@@ -7,8 +7,6 @@ once, found none, and then waits for its site's wake-up or for ``wait_s`` to pas
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,7 @@ from decimal import Decimal
 import httpx
 import psycopg
 import pytest
-import uvicorn
+from servers import serving
 
 from jinsuan.app import create_app
 from jinsuan.auth import KeyCache, Principal, Role, create_key, revoke_key
@@ -49,20 +47,8 @@ def platform(settings, db) -> Platform:
 
 @pytest.fixture
 def served(platform) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(platform), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(create_app(platform)) as url:
+        yield url
 
 
 @pytest.fixture
