@@ -28,10 +28,12 @@ class Site:
     enterprise_id: int
     enterprise: str
     in_province: bool
+    data_centre: str
 
 
 _SITE_SELECT = (
-    "SELECT s.id, s.name, s.city, s.enterprise_id, e.name AS enterprise, s.in_province"
+    "SELECT s.id, s.name, s.city, s.enterprise_id, e.name AS enterprise, s.in_province,"
+    " s.data_centre"
     " FROM sites s JOIN enterprises e ON e.id = s.enterprise_id"
 )
 
@@ -54,14 +56,16 @@ def enterprise_id(conn: psycopg.Connection, name: str) -> int:
 
 
 def create_site(
-    conn: psycopg.Connection, *, enterprise: str, name: str, city: str, in_province: bool = True
+    conn: psycopg.Connection, *, enterprise: str, name: str, city: str, in_province: bool = True,
+    data_centre: str | None = None,
 ) -> Site:
+    """Create a site; it is a data centre of its own unless ``data_centre`` names one."""
     with conn.transaction():
         ent = ensure_enterprise(conn, enterprise)
         row = conn.execute(
-            "INSERT INTO sites (enterprise_id, name, city, in_province) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (name) DO NOTHING RETURNING id",
-            (ent, name, city, in_province),
+            "INSERT INTO sites (enterprise_id, name, city, in_province, data_centre)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
+            (ent, name, city, in_province, data_centre or name),
         ).fetchone()
     if row is None:
         raise Conflict(f"a site named {name!r} already exists", field="name")

@@ -76,6 +76,9 @@ def create_site(
     enterprise: Annotated[str, typer.Option()],
     city: Annotated[str, typer.Option()],
     out_of_province: Annotated[bool, typer.Option(help="The site is outside Shanxi.")] = False,
+    data_centre: Annotated[str | None, typer.Option(
+        help="The data centre the site is part of (PUE and racks are judged per data centre);"
+             " by default a data centre of its own, named after the site.")] = None,
 ) -> None:
     """Register a site of an enterprise (the enterprise is created if new)."""
     from jinsuan.errors import JinsuanError
@@ -84,10 +87,11 @@ def create_site(
     with _connection() as conn:
         try:
             site = create_site(conn, enterprise=enterprise, name=name, city=city,
-                               in_province=not out_of_province)
+                               in_province=not out_of_province, data_centre=data_centre)
         except JinsuanError as exc:
             raise _fail(exc.reason) from None
-    console.print(f"site {site.id} {site.name!r} in {site.city} for {site.enterprise}")
+    console.print(f"site {site.id} {site.name!r} in {site.city} for {site.enterprise},"
+                  f" data centre {site.data_centre!r}")
 
 
 @sites_app.command("token")
