@@ -4,8 +4,9 @@
 -- and again after an upgrade adds tables the dashboards read. Then let the role log in:
 --   psql "$DATABASE_URL" -f deploy/postgres/grafana-readonly.sql \
 --        -c "ALTER ROLE jinsuan_grafana LOGIN PASSWORD '...'"
--- It may read the inventory and the rollups, nothing else: not the API keys, enrolment tokens,
--- agents' keys, jobs or raw samples. tests/test_dashboards.py runs every dashboard query as it.
+-- It may read the inventory, the rollups, the raw samples (the site detail dashboard plots each
+-- device) and when each agent reported; not the API keys, enrolment tokens, agents' public keys
+-- or report signatures. tests/test_dashboards.py runs every dashboard query as it.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jinsuan_grafana') THEN
@@ -18,6 +19,9 @@ ALTER ROLE jinsuan_grafana SET default_transaction_read_only = on;
 ALTER ROLE jinsuan_grafana SET statement_timeout = '60s';
 
 GRANT USAGE ON SCHEMA public TO jinsuan_grafana;
-GRANT SELECT ON enterprises, sites, racks, accelerators, meters,
+GRANT SELECT ON enterprises, sites, racks, accelerators, meters, series, samples,
                 rollup_site_hourly, rollup_enterprise_hourly, rollup_state
     TO jinsuan_grafana;
+GRANT SELECT (id, site_id, hostname, enrolled_at, last_seq, last_report_at, revoked_at)
+    ON agents TO jinsuan_grafana;
+GRANT SELECT (agent_id, seq, created_at, received_at, samples) ON reports TO jinsuan_grafana;
