@@ -7,7 +7,9 @@ Two kinds of series, on a registry of the agent's own (never the library's globa
   ``vendor``, ``rack`` for accelerators; ``meter``, ``role``, ``measures`` for meters). They are
   rebuilt from the newest cycle at each scrape, so a device that disappears stops being
   exported instead of lingering with its last value.
-* The agent's health: spool backlog, uploads, rejections, probe durations and errors.
+* The agent's health: spool backlog, uploads, rejections, probe durations and errors, and
+  ``jinsuan_agent_info{site=...}``, which dashboards join on ``instance`` to pick a site's
+  agents (the health series carry no site label of their own).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -88,6 +90,8 @@ class AgentMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         a = PREFIX + "agent_"
+        Info(PREFIX + "agent", "The site this agent reports for.", registry=r).info(
+            {"site": site})
         self.spool_pending = Gauge(a + "spool_pending_batches",
                                    "Batches in the spool waiting for the platform.", registry=r)
         self.spool_pending_bytes = Gauge(a + "spool_pending_bytes",

@@ -148,10 +148,12 @@ def resolve_variables(
     start: datetime,
     end: datetime,
 ) -> dict[str, list[str]]:
-    """The value of each SQL variable: as ``chosen``, else "All" (every value its query lists).
+    """The value of each SQL variable: as ``chosen``, else what Grafana would pick.
 
-    Variables are resolved in order, so a later one's query sees the earlier ones' values, as
-    Grafana's chained variables do.
+    That is "All" (every value its query lists) where the variable offers it, and its first
+    value where it does not (a single-choice variable, like the site detail's site). Variables
+    are resolved in order, so a later one's query sees the earlier ones' values, as Grafana's
+    chained variables do.
     """
     chosen = chosen or {}
     resolved: dict[str, list[str]] = {}
@@ -162,10 +164,12 @@ def resolve_variables(
         elif variable.get("type") == "query" and datasource_type(
                 variable.get("datasource")) == POSTGRES:
             listed = rows(conn, expand(variable["query"], resolved, start=start, end=end))
-            resolved[name] = [
+            listed_values = [
                 str(row["__value"] if "__value" in row else next(iter(row.values())))
                 for row in listed
             ]
+            offers_all = variable.get("includeAll") or variable.get("multi")
+            resolved[name] = listed_values if offers_all else listed_values[:1]
         elif variable.get("type") == "custom":
             resolved[name] = [o["value"] for o in variable.get("options", [])
                               if o.get("value") != "$__all"]

@@ -27,6 +27,13 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from conftest import fresh_database
+
+from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
+from dashboards import grafana
+from dashboards.grafana import DashboardError, all_panels, datasource_type, target_source
+from tests import simulated_fleet
+from tests.simulated_fleet import SimulatedFleet
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
@@ -35,27 +42,20 @@ READONLY_SQL = ROOT / "deploy" / "postgres" / "grafana-readonly.sql"
 
 RANGE_FROM = datetime(2026, 1, 1, tzinfo=UTC)
 RANGE_TO = datetime(2026, 2, 1, tzinfo=UTC)
-_INTERVALS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # --- loading -------------------------------------------------------------------------------
 
 def load_dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard by file name (the package's loader keys them by uid)."""
     return {
         path.name: json.loads(path.read_text(encoding="utf-8"))
         for path in sorted(DASHBOARDS.glob("*.json"))
     }
 
 
-def all_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, including those nested in collapsed rows."""
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def datasource_type(ref: Mapping[str, Any] | None) -> str | None:
-    return None if ref is None else ref.get("type")
+def by_uid(uid: str) -> dict[str, Any]:
+    return grafana.load(uid)
 
 
 def sql_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -63,108 +63,57 @@ def sql_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
     found = []
     for panel in all_panels(dashboard):
         for target in panel.get("targets", []):
-            if datasource_type(target.get("datasource") or panel.get("datasource")) == "postgres":
+            if target_source(panel, target) == grafana.POSTGRES:
                 found.append((f"panel {panel['title']!r} {target['refId']}", target["rawSql"]))
     for variable in dashboard.get("templating", {}).get("list", []):
-        if datasource_type(variable.get("datasource")) == "postgres":
+        if datasource_type(variable.get("datasource")) == grafana.POSTGRES:
             found.append((f"variable {variable['name']}", variable["query"]))
     return found
 
 
 def prom_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for panel in all_panels(dashboard):
-        for target in panel.get("targets", []):
-            source = target.get("datasource") or panel.get("datasource")
-            if datasource_type(source) == "prometheus":
-                found.append((f"panel {panel['title']!r} {target['refId']}", target))
-    return found
+    return [
+        (f"{dashboard['uid']} panel {panel['title']!r} {target['refId']}", target)
+        for panel in all_panels(dashboard)
+        for target in panel.get("targets", [])
+        if target_source(panel, target) == grafana.PROMETHEUS
+    ]
 
 
 def panel_sql(dashboard: Mapping[str, Any], title: str) -> str:
-    (panel,) = [p for p in all_panels(dashboard) if p["title"] == title]
-    (target,) = panel["targets"]
+    (target,) = grafana.panel(dashboard, title)["targets"]
     return target["rawSql"]
 
 
-# --- Grafana's SQL macros and variables, the subset the dashboards use ------------------------
-
-def _seconds(interval: str) -> int:
-    match = re.fullmatch(r"'?(\d+)([smhd])'?", interval.strip())
-    if match is None:
-        raise ValueError(f"cannot read interval {interval!r}")
-    return int(match.group(1)) * _INTERVALS[match.group(2)]
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def grafana_sql(
-    sql: str,
-    variables: Mapping[str, list[str]],
-    *,
-    interval: str = "1h",
-    start: datetime = RANGE_FROM,
-    end: datetime = RANGE_TO,
-) -> str:
-    """Expand the query as Grafana's PostgreSQL datasource would; refuse anything unknown."""
-    out = sql.replace("$__interval_ms", str(_seconds(interval) * 1000))
-    out = out.replace("$__interval", interval)
-    frm, to = _quote(start.isoformat()), _quote(end.isoformat())
-
-    def macro(match: re.Match[str]) -> str:
-        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
-        if name == "timeFilter":
-            return f"{args[0]} BETWEEN {frm} AND {to}"
-        if name == "timeFrom":
-            return frm
-        if name == "timeTo":
-            return to
-        if name in ("timeGroup", "timeGroupAlias"):
-            step = _seconds(args[1])
-            grouped = f"floor(extract(epoch from {args[0]})/{step})*{step}"
-            return grouped + (' AS "time"' if name == "timeGroupAlias" else "")
-        raise ValueError(f"macro $__{name} is not supported by this substitution")
-
-    out = re.sub(r"\$__(\w+)\(([^()]*)\)", macro, out)
-
-    def variable(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(3)
-        form = match.group(2) or "sqlstring"
-        if name not in variables:
-            raise ValueError(f"${name} is not a variable of the dashboard")
-        values = variables[name]
-        if form == "sqlstring":
-            return ",".join(_quote(v) for v in values)
-        if form == "csv":
-            return ",".join(values)
-        raise ValueError(f"variable format {form!r} is not supported by this substitution")
-
-    out = re.sub(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)", variable, out)
-    if "$" in out:
-        raise ValueError(f"unexpanded $ left in {out!r}")
-    return out
+def grafana_sql(sql: str, variables: Mapping[str, list[str]], *, interval: str = "1h",
+                start: datetime = RANGE_FROM, end: datetime = RANGE_TO) -> str:
+    return grafana.expand(sql, variables, start=start, end=end, interval=interval)
 
 
 def test_substitution_expands_like_grafana() -> None:
     sql = (
         "SELECT $__timeGroupAlias(r.hour, $__interval), x FROM t "
         "WHERE $__timeFilter(r.hour) AND c IN (${city:sqlstring}) AND s IN (${site:csv}) "
-        "AND y < $__timeTo() AND z = $city"
+        "AND y < $__timeTo() AND z = $city AND e IN (${none:csv})"
     )
-    got = grafana_sql(sql, {"city": ["太原", "O'Hare"], "site": ["1", "2"]}, interval="1d")
+    got = grafana_sql(sql, {"city": ["太原", "O'Hare"], "site": ["1", "2"], "none": []},
+                      interval="1d")
     assert "floor(extract(epoch from r.hour)/86400)*86400 AS \"time\"" in got
     assert "r.hour BETWEEN '2026-01-01T00:00:00+00:00' AND '2026-02-01T00:00:00+00:00'" in got
     assert "c IN ('太原','O''Hare')" in got and "s IN (1,2)" in got
     assert "z = '太原','O''Hare'" in got
-    with pytest.raises(ValueError, match="not a variable"):
+    assert "e IN (NULL)" in got  # an empty selection matches nothing, as in Grafana
+    with pytest.raises(DashboardError, match="not a variable"):
         grafana_sql("SELECT $nope", {})
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(DashboardError, match="not supported"):
         grafana_sql("SELECT $__unixEpochFilter(t)", {})
 
 
 # --- structure -------------------------------------------------------------------------------
+
+SQL_DASHBOARDS = ("jinsuan-province-overview", "jinsuan-energy", "jinsuan-site-detail",
+                  "jinsuan-scheduling")
+
 
 def provisioned_uids() -> dict[str, str]:
     provisioning = yaml.safe_load(DATASOURCES.read_text(encoding="utf-8"))
@@ -183,18 +132,33 @@ def _datasource_refs(dashboard: Mapping[str, Any]) -> Iterator[tuple[str, Mappin
             yield f"variable {variable['name']}", variable["datasource"]
 
 
-def test_both_dashboards_exist_and_are_distinct() -> None:
-    dashboards = load_dashboards()
-    assert {"bureau-overview.json", "site-operations.json"} <= set(dashboards)
-    uids = [d["uid"] for d in dashboards.values()]
-    assert all(uids) and len(set(uids)) == len(uids)
+def _queries_text(dashboard: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for where, sql in sql_queries(dashboard):
+        yield where, sql
+    for where, target in prom_queries(dashboard):
+        yield where, target["expr"]
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if datasource_type(variable.get("datasource")) == grafana.PROMETHEUS:
+            yield f"variable {variable['name']}", variable["query"]
+
+
+def used_variables(text: str) -> set[str]:
+    """Names of the dashboard variables a query refers to (not Grafana's ``$__`` macros)."""
+    return {a or b for a, b in re.findall(r"\$\{(\w+)(?::\w+)?\}|\$(?!__)(\w+)", text)}
+
+
+def test_the_four_bureau_dashboards_and_platform_operations_exist() -> None:
+    uids = [d["uid"] for d in load_dashboards().values()]
+    assert len(set(uids)) == len(uids), "two dashboards share a uid"
+    assert set(SQL_DASHBOARDS) | {"jinsuan-platform-operations"} <= set(uids)
+    assert all(re.fullmatch(r"jinsuan-[a-z-]+", uid) for uid in uids), "uids are stable names"
 
 
 @pytest.mark.parametrize("name", sorted(load_dashboards()))
 def test_dashboard_structure(name: str) -> None:
     dashboard = load_dashboards()[name]
     assert dashboard["schemaVersion"] >= 39
-    assert dashboard["title"]
+    assert dashboard["title"] and dashboard["editable"] is False
     ids = [panel["id"] for panel in all_panels(dashboard)]
     assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
     uids = provisioned_uids()
@@ -202,25 +166,44 @@ def test_dashboard_structure(name: str) -> None:
         assert ref.get("uid") in uids, f"{name} {where}: datasource {ref} is not provisioned"
         assert ref.get("type") == uids[ref["uid"]], f"{name} {where}: type does not match"
     for panel in all_panels(dashboard):
+        where = f"{name} {panel['title']!r}"
         grid = panel["gridPos"]
-        assert grid["x"] + grid["w"] <= 24, f"{name} {panel['title']!r} runs off the grid"
+        assert grid["x"] + grid["w"] <= 24, f"{where} runs off the grid"
         refs = [t["refId"] for t in panel.get("targets", [])]
-        assert len(refs) == len(set(refs)), f"{name} {panel['title']!r}: duplicate refIds"
-        if panel["type"] not in ("row", "text"):
-            assert panel.get("targets"), f"{name} {panel['title']!r} has no query"
+        assert len(refs) == len(set(refs)), f"{where}: duplicate refIds"
+        if panel["type"] in ("row", "text"):
+            continue
+        assert panel.get("targets"), f"{where} has no query"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{where} has no unit"
+        if panel["type"] == "timeseries":
+            for target in panel["targets"]:
+                if target_source(panel, target) == grafana.POSTGRES:
+                    assert target["format"] == "time_series", where
+                    assert "$__timeGroupAlias(" in target["rawSql"], \
+                        f"{where} does not bucket by the dashboard's interval"
+                    assert "$__timeFilter(" in target["rawSql"], \
+                        f"{where} ignores the dashboard's time range"
     names = [v["name"] for v in dashboard["templating"]["list"]]
-    assert len(names) == len(set(names))
+    assert len(names) == len(set(names)), f"{name}: duplicate variables"
+    for where, text in _queries_text(dashboard):
+        unknown = used_variables(text) - set(names)
+        assert not unknown, f"{name} {where} uses undefined variables {unknown}"
+    # A variable's query may only use the variables before it (Grafana resolves them in order).
+    for index, variable in enumerate(dashboard["templating"]["list"]):
+        earlier = set(names[:index])
+        assert used_variables(variable["query"]) <= earlier, f"{name} {variable['name']}"
 
 
-def test_bureau_dashboard_filters_by_city_enterprise_and_site() -> None:
-    dashboard = load_dashboards()["bureau-overview.json"]
+@pytest.mark.parametrize("uid", SQL_DASHBOARDS)
+def test_sql_dashboards_filter_by_city_enterprise_data_centre_and_site(uid: str) -> None:
+    dashboard = by_uid(uid)
     names = [v["name"] for v in dashboard["templating"]["list"]]
-    assert names == ["city", "enterprise", "site"]
-    assert all(v["multi"] and v["includeAll"] for v in dashboard["templating"]["list"])
-    # Every panel query is restricted to the selected sites.
+    assert names[:4] == ["city", "enterprise", "data_centre", "site"]
+    site = dashboard["templating"]["list"][3]
+    assert used_variables(site["query"]) == {"city", "enterprise", "data_centre"}
     for where, sql in sql_queries(dashboard):
         if where.startswith("panel"):
-            assert "${site:csv}" in sql, f"{where} ignores the site selection"
+            assert "${site:csv}" in sql, f"{uid} {where} ignores the site selection"
 
 
 def _aggregate_arguments(text: str, function: str) -> Iterator[str]:
@@ -259,6 +242,13 @@ def test_no_query_averages_pue(name: str) -> None:
         assert not averages_pue(query), f"{name}: averages PUE: {query}"
 
 
+def test_energy_dashboard_draws_the_measure_4_line() -> None:
+    panel = grafana.panel(by_uid("jinsuan-energy"), "PUE per data centre")
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, 1.18]
+
+
 # --- SQL against the real schema -------------------------------------------------------------
 
 def _hour(day: int, hour: int, month: int = 1, year: int = 2026) -> datetime:
@@ -266,11 +256,15 @@ def _hour(day: int, hour: int, month: int = 1, year: int = 2026) -> datetime:
 
 
 class Fleet:
-    """A small known fleet: three sites in two cities, hourly rollups around New Year."""
+    """A small known fleet: three sites in two cities, hourly rollups around New Year.
+
+    The two 太原 sites are halls of one data centre, of two enterprises (a colocation building).
+    """
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.sites: dict[str, int] = {}
         self.city = {"taiyuan-1": "太原", "taiyuan-2": "太原", "datong-1": "大同"}
+        self.centre = {"taiyuan-1": "太原一号", "taiyuan-2": "太原一号", "datong-1": "大同一号"}
         ent = {}
         for name in ("晋能算力", "Example Compute Co."):
             ent[name] = conn.execute(
@@ -280,8 +274,9 @@ class Fleet:
                  "datong-1": "晋能算力"}
         for site, city in self.city.items():
             self.sites[site] = conn.execute(
-                "INSERT INTO sites (enterprise_id, name, city) VALUES (%s, %s, %s) RETURNING id",
-                (ent[owner[site]], site, city),
+                "INSERT INTO sites (enterprise_id, name, city, data_centre)"
+                " VALUES (%s, %s, %s, %s) RETURNING id",
+                (ent[owner[site]], site, city, self.centre[site]),
             ).fetchone()[0]
         self.enterprises = ent
         # Hours from 2025-12-31 12:00Z (20:00 in Shanghai, still 2025 there) to 2026-01-03.
@@ -350,12 +345,13 @@ class Fleet:
         return {
             "city": sorted(set(self.city.values())),
             "enterprise": [str(i) for i in self.enterprises.values()],
+            "data_centre": sorted(set(self.centre.values())),
             "site": [str(self.sites[s]) for s in chosen],
         }
 
 
 @pytest.fixture
-def grafana(conn: psycopg.Connection) -> Iterator[tuple[psycopg.Connection, Fleet]]:
+def known(conn: psycopg.Connection) -> Iterator[tuple[psycopg.Connection, Fleet]]:
     """The fleet, and the connection switched to the read-only role; all rolled back after."""
     with conn.transaction(force_rollback=True):
         fleet = Fleet(conn)
@@ -370,36 +366,18 @@ def run(conn: psycopg.Connection, sql: str) -> list[dict[str, Any]]:
         return cur.fetchall()
 
 
-def test_every_sql_query_runs_as_the_read_only_role(
-    grafana: tuple[psycopg.Connection, Fleet],
-) -> None:
-    conn, fleet = grafana
-    queries = [
-        (f"{name} {where}", sql)
-        for name, dashboard in load_dashboards().items()
-        for where, sql in sql_queries(dashboard)
-    ]
-    assert len(queries) >= 10
-    for interval in ("1h", "1d"):
-        for where, sql in queries:
-            with conn.transaction():
-                try:
-                    rows = run(conn, grafana_sql(sql, fleet.variables(), interval=interval))
-                except psycopg.Error as exc:
-                    pytest.fail(f"{where}: {exc}")
-            assert rows, f"{where} returned nothing for a fleet with data"
-    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-        conn.execute("SELECT * FROM api_keys")
-
-
-def test_read_only_role_cannot_write(grafana: tuple[psycopg.Connection, Fleet]) -> None:
-    conn, _ = grafana
+def test_read_only_role_cannot_write(known: tuple[psycopg.Connection, Fleet]) -> None:
+    conn, _ = known
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("UPDATE rollup_site_hourly SET pue = 1")
 
 
-def bureau() -> dict[str, Any]:
-    return load_dashboards()["bureau-overview.json"]
+def province() -> dict[str, Any]:
+    return by_uid("jinsuan-province-overview")
+
+
+def energy() -> dict[str, Any]:
+    return by_uid("jinsuan-energy")
 
 
 def _ratio(rows: list[dict[str, Any]]) -> Decimal:
@@ -411,30 +389,34 @@ def _in_range(row: Mapping[str, Any]) -> bool:
     return RANGE_FROM <= row["hour"] <= RANGE_TO
 
 
-def test_pue_over_the_range_is_a_ratio_of_energy_sums(
-    grafana: tuple[psycopg.Connection, Fleet],
+def test_pue_over_the_range_is_a_ratio_of_energy_sums_per_data_centre(
+    known: tuple[psycopg.Connection, Fleet],
 ) -> None:
-    conn, fleet = grafana
-    sql = panel_sql(bureau(), "PUE per site over the range")
-    got = {r["site"]: r["PUE"] for r in run(conn, grafana_sql(sql, fleet.variables()))}
-    assert set(got) == set(fleet.sites)
-    for site in fleet.sites:
-        rows = [r for r in fleet.rows if r["site"] == site and _in_range(r)]
+    conn, fleet = known
+    sql = panel_sql(energy(), "PUE per data centre over the range")
+    got = {r["data centre"]: r for r in run(conn, grafana_sql(sql, fleet.variables()))}
+    assert set(got) == {"太原一号", "大同一号"}
+    for centre in got:
+        rows = [r for r in fleet.rows if fleet.centre[r["site"]] == centre and _in_range(r)]
         expected = _ratio(rows)
-        assert got[site] == pytest.approx(expected, rel=Decimal("1e-12"))
+        assert got[centre]["PUE"] == pytest.approx(expected, rel=Decimal("1e-12"))
         mean = sum(r["pue"] for r in rows if r["pue"] is not None) / len(
             [r for r in rows if r["pue"] is not None]
         )
         assert abs(mean - expected) > Decimal("1e-4"), "fixture too uniform to tell them apart"
+    # Two halls of one data centre: neither hall's own ratio is the centre's.
+    halls = [_ratio([r for r in fleet.rows if r["site"] == s and _in_range(r)])
+             for s in ("taiyuan-1", "taiyuan-2")]
+    assert all(abs(h - got["太原一号"]["PUE"]) > Decimal("1e-4") for h in halls)
 
 
-def test_pue_per_site_by_day_is_a_ratio_per_bucket(
-    grafana: tuple[psycopg.Connection, Fleet],
+def test_pue_per_data_centre_by_day_is_a_ratio_per_bucket(
+    known: tuple[psycopg.Connection, Fleet],
 ) -> None:
-    conn, fleet = grafana
-    sql = panel_sql(bureau(), "PUE per site")
+    conn, fleet = known
+    sql = panel_sql(energy(), "PUE per data centre")
     rows = run(conn, grafana_sql(sql, fleet.variables(["datong-1"]), interval="1d"))
-    assert {r["metric"] for r in rows} == {"datong-1"}
+    assert {r["metric"] for r in rows} == {"大同一号"}
     days = sorted({r["hour"].date() for r in fleet.rows if _in_range(r)})
     assert [datetime.fromtimestamp(float(r["time"]), UTC).date() for r in rows] == days
     for row in rows:
@@ -445,30 +427,33 @@ def test_pue_per_site_by_day_is_a_ratio_per_bucket(
 
 
 def test_year_to_date_table_uses_the_shanghai_year_and_flags_gaps(
-    grafana: tuple[psycopg.Connection, Fleet],
+    known: tuple[psycopg.Connection, Fleet],
 ) -> None:
-    conn, fleet = grafana
-    sql = panel_sql(bureau(), "Sites: PUE and data coverage, year to date")
+    conn, fleet = known
+    sql = panel_sql(energy(), "Data centres: PUE and data coverage, year to date")
     end = datetime(2026, 1, 2, 6, tzinfo=UTC)
-    got = {r["site"]: r for r in run(conn, grafana_sql(sql, fleet.variables(), end=end))}
+    got = {r["data centre"]: r for r in run(conn, grafana_sql(sql, fleet.variables(), end=end))}
     year_start = datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai"))
     assert year_start.astimezone(UTC) == datetime(2025, 12, 31, 16, tzinfo=UTC)
-    for site in fleet.sites:
-        rows = [r for r in fleet.rows if r["site"] == site and year_start <= r["hour"] < end]
-        row = got[site]
-        assert row["hours rolled up"] == len(rows) == 38
+    assert set(got) == set(fleet.centre.values())
+    for centre, row in got.items():
+        rows = [r for r in fleet.rows
+                if fleet.centre[r["site"]] == centre and year_start <= r["hour"] < end]
+        assert row["hours rolled up"] == len({r["hour"] for r in rows}) == 38
         assert row["PUE year to date"] == pytest.approx(_ratio(rows), rel=Decimal("1e-12"))
         assert row["coverage IT"] == pytest.approx(
             sum(r["coverage_it"] for r in rows) / len(rows)
         )
-        gaps = [r for r in rows if min(r["coverage_it"], r["coverage_facility"],
-                                       r["coverage_accelerators"]) < 0.95]
+        gaps = {r["hour"] for r in rows if min(r["coverage_it"], r["coverage_facility"],
+                                               r["coverage_accelerators"]) < 0.95}
         assert row["hours with gaps"] == len(gaps) > 0
-        assert row["city"] == fleet.city[site]
-    assert got["taiyuan-1"]["IT metered at"] == "pdu_output, ups_output"
-    assert got["datong-1"]["IT metered at"] is None
+    assert got["太原一号"]["city"] == "太原"
+    assert got["太原一号"]["sites"] == "taiyuan-1, taiyuan-2"
+    assert got["太原一号"]["enterprise"] == "Example Compute Co., 晋能算力"
+    assert got["太原一号"]["IT metered at"] == "pdu_output, ups_output"
+    assert got["大同一号"]["IT metered at"] is None
     # The table highlights coverage below 95%.
-    (panel,) = [p for p in all_panels(bureau()) if p["title"].startswith("Sites: PUE")]
+    panel = grafana.panel(energy(), "Data centres: PUE and data coverage, year to date")
     (coverage,) = [o for o in panel["fieldConfig"]["overrides"]
                    if o["matcher"]["options"] == "^coverage"]
     steps = next(p["value"]["steps"] for p in coverage["properties"] if p["id"] == "thresholds")
@@ -476,10 +461,10 @@ def test_year_to_date_table_uses_the_shanghai_year_and_flags_gaps(
 
 
 def test_connected_pflops_by_city_is_time_weighted(
-    grafana: tuple[psycopg.Connection, Fleet],
+    known: tuple[psycopg.Connection, Fleet],
 ) -> None:
-    conn, fleet = grafana
-    sql = panel_sql(bureau(), "Connected FP16 PFlops by city")
+    conn, fleet = known
+    sql = panel_sql(province(), "Connected FP16 PFlops by city")
     rows = run(conn, grafana_sql(sql, fleet.variables(), interval="1d"))
     assert {r["metric"] for r in rows} == {"太原", "大同"}
     for row in rows:
@@ -490,9 +475,9 @@ def test_connected_pflops_by_city_is_time_weighted(
         assert row["value"] == pytest.approx(sum(r["fp16_pflops"] for r in mine) / len(hours))
 
 
-def test_latest_hour_and_domestic_share(grafana: tuple[psycopg.Connection, Fleet]) -> None:
-    conn, fleet = grafana
-    (latest,) = run(conn, grafana_sql(panel_sql(bureau(), "Connected in the latest hour"),
+def test_latest_hour_and_domestic_share(known: tuple[psycopg.Connection, Fleet]) -> None:
+    conn, fleet = known
+    (latest,) = run(conn, grafana_sql(panel_sql(province(), "Connected in the latest hour"),
                                       fleet.variables()))
     last = max(r["hour"] for r in fleet.rows if _in_range(r))
     at_last = [r for r in fleet.rows if r["hour"] == last]
@@ -500,7 +485,7 @@ def test_latest_hour_and_domestic_share(grafana: tuple[psycopg.Connection, Fleet
     assert latest["accelerators"] == sum(r["accelerators"] for r in at_last)
     assert latest["FP16 PFlops"] == pytest.approx(sum(r["fp16_pflops"] for r in at_last))
 
-    (share,) = run(conn, grafana_sql(panel_sql(bureau(), "Domestic (信创) accelerators"),
+    (share,) = run(conn, grafana_sql(panel_sql(province(), "Domestic (信创) accelerators"),
                                      fleet.variables()))
     total = sum(a[5] for a in fleet.accelerators)
     domestic = sum(a[5] for a in fleet.accelerators if a[3])
@@ -510,12 +495,206 @@ def test_latest_hour_and_domestic_share(grafana: tuple[psycopg.Connection, Fleet
     assert share["domestic share of FP16 peak"] == pytest.approx(domestic_tflops / tflops)
 
 
-def test_site_variable_follows_the_city(grafana: tuple[psycopg.Connection, Fleet]) -> None:
-    conn, fleet = grafana
-    (site_variable,) = [v for v in bureau()["templating"]["list"] if v["name"] == "site"]
+def test_site_variable_follows_the_city(known: tuple[psycopg.Connection, Fleet]) -> None:
+    conn, fleet = known
+    (site_variable,) = [v for v in province()["templating"]["list"] if v["name"] == "site"]
     variables = {**fleet.variables(), "city": ["大同"]}
     rows = run(conn, grafana_sql(site_variable["query"], variables))
     assert [(r["__text"], r["__value"]) for r in rows] == [("datong-1", fleet.sites["datong-1"])]
+    variables = {**fleet.variables(), "data_centre": ["太原一号"]}
+    rows = run(conn, grafana_sql(site_variable["query"], variables))
+    assert [r["__text"] for r in rows] == ["taiyuan-1", "taiyuan-2"]
+
+
+# --- every panel against a store filled from the simulator ---------------------------------
+
+SIM_END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+SIM_START = SIM_END - timedelta(hours=30)
+
+
+@pytest.fixture(scope="module")
+def simulated(
+    pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, SimulatedFleet]]:
+    """A database filled by simulated agents through the intake, then rolled up."""
+    from jinsuan.settings import Settings
+    from jinsuan.store import Database
+
+    with fresh_database(pg_admin_url, template_db) as url:
+        settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("simulated"),
+                            run_background_jobs=False)
+        database = Database.open(settings)
+        try:
+            with database.pool.connection() as conn:
+                fleet = simulated_fleet.fill(conn, settings, database,
+                                             start=SIM_START, end=SIM_END)
+                conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
+        finally:
+            database.close()
+        yield url, fleet
+
+
+@pytest.fixture
+def as_grafana(simulated: tuple[str, SimulatedFleet]) -> Iterator[psycopg.Connection]:
+    """A connection to the simulated store as Grafana's read-only role."""
+    url, _ = simulated
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET ROLE jinsuan_grafana")
+        yield conn
+
+
+def _numeric(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float | Decimal)
+                             and not isinstance(value, bool))
+
+
+def check_columns(where: str, panel: Mapping[str, Any], target: Mapping[str, Any],
+                  rows: list[dict[str, Any]]) -> None:
+    """The rows have the shape the panel draws: Grafana would show them, not "No data"."""
+    assert rows, f"{where} returned nothing for a fleet with data"
+    columns = set(rows[0])
+    if target.get("format") == "time_series":
+        assert "time" in columns, f"{where}: a time series needs a time column"
+        values = columns - {"time", "metric"}
+        assert values, f"{where}: no value column"
+        assert all(_numeric(row[c]) for row in rows for c in values), f"{where}: not numbers"
+        assert all(isinstance(row.get("metric", ""), str) for row in rows), where
+    elif panel["type"] in ("stat", "bargauge", "piechart"):
+        numbers = [c for c in columns if all(_numeric(row[c]) for row in rows)]
+        assert numbers, f"{where}: nothing numeric to show"
+        if panel["type"] == "stat":
+            assert set(numbers) == columns, f"{where}: a stat shows numbers only"
+    named = {o["matcher"]["options"] for o in panel["fieldConfig"].get("overrides", [])
+             if o["matcher"]["id"] == "byName"}
+    named |= {s["displayName"] for s in panel.get("options", {}).get("sortBy", [])}
+    named |= set(panel.get("options", {}).get("footer", {}).get("fields", []) or [])
+    assert named <= columns, f"{where}: the panel styles columns {named - columns} it never gets"
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"]["id"] == "byRegexp":
+            pattern = override["matcher"]["options"]
+            assert any(re.search(pattern, c) for c in columns), \
+                f"{where}: nothing matches {pattern}"
+
+
+def test_every_sql_panel_returns_the_columns_it_draws(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
+) -> None:
+    checked = 0
+    for uid, dashboard in grafana.load_all().items():
+        values = grafana.resolve_variables(as_grafana, dashboard, start=SIM_START, end=SIM_END)
+        for variable in grafana.variables(dashboard):
+            if datasource_type(variable.get("datasource")) == grafana.POSTGRES:
+                assert values[variable["name"]], f"{uid} variable {variable['name']} lists nothing"
+        if uid == "jinsuan-site-detail":
+            assert len(values["site"]) == 1, "the site detail dashboard shows one site"
+        for panel in all_panels(dashboard):
+            for target in panel.get("targets", []):
+                if target_source(panel, target) != grafana.POSTGRES:
+                    continue
+                for interval in ("1h", "1d"):
+                    where = f"{uid} {panel['title']!r} {target['refId']} at {interval}"
+                    sql = grafana.expand(target["rawSql"], values, start=SIM_START, end=SIM_END,
+                                         interval=interval)
+                    try:
+                        rows = grafana.rows(as_grafana, sql)
+                    except psycopg.Error as exc:
+                        pytest.fail(f"{where}: {exc}")
+                    check_columns(where, panel, target, rows)
+                    checked += 1
+    assert checked >= 60
+
+
+def test_the_read_only_role_reads_no_secrets(as_grafana: psycopg.Connection) -> None:
+    for sql in ("SELECT * FROM api_keys", "SELECT public_key FROM agents",
+                "SELECT signature FROM reports", "SELECT * FROM enrolment_tokens"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_grafana.execute(sql)
+
+
+def test_sites_reporting_and_stale(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
+) -> None:
+    _, fleet = simulated
+    rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Sites reporting",
+                              start=SIM_START, end=SIM_END)
+    state = {r["site"]: r["state"] for r in rows}
+    assert state == {name: "stale" if site.spec.quiet_for else "reporting"
+                     for name, site in fleet.sites.items()}
+    quiet = next(r for r in rows if r["state"] == "stale")
+    # Its last report was the last step before it went quiet.
+    assert quiet["behind by"] == pytest.approx(
+        (timedelta(hours=3) + fleet.step).total_seconds())
+    (counts,) = grafana.panel_rows(as_grafana, "jinsuan-province-overview",
+                                   "Sites reporting vs stale", start=SIM_START, end=SIM_END)
+    assert (counts["reporting"], counts["stale or silent"]) == (3, 1)
+    # Seen from a moment before the site went quiet, it was reporting.
+    earlier = SIM_END - timedelta(hours=4)
+    rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Sites reporting",
+                              start=SIM_START, end=earlier)
+    assert {r["state"] for r in rows} == {"reporting"}
+
+
+def test_racks_by_data_centre_add_up_the_halls(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
+) -> None:
+    _, fleet = simulated
+    rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Racks by data centre",
+                              start=SIM_START, end=SIM_END)
+    got = {r["data centre"]: r for r in rows}
+    for centre in {s.spec.data_centre for s in fleet.sites.values()}:
+        halls = [s.spec for s in fleet.sites.values() if s.spec.data_centre == centre]
+        # The simulator fills racks of 4 accelerators (accelerators_per_rack=4), model by model.
+        racks = sum(sum(-(-n // 4) for n in hall.fleet.values()) for hall in halls)
+        assert got[centre]["racks"] == racks
+        # A hall whose agent went quiet has nothing connected in its latest hour.
+        connected = sum(sum(h.fleet.values()) for h in halls if not h.quiet_for)
+        assert got[centre]["accelerators"] == connected
+    assert len([s for s in fleet.sites.values() if s.spec.data_centre == "太原一号数据中心"]) == 2
+
+
+def test_accelerator_power_is_what_the_simulator_read(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
+) -> None:
+    """Re-run the site's simulator for one hour and average its power readings by hand."""
+    _, fleet = simulated
+    site = fleet.sites["datong-cloud"]
+    hour = SIM_END - timedelta(hours=5)
+    rows = grafana.panel_rows(as_grafana, "jinsuan-site-detail", "Accelerator power",
+                              start=hour, end=hour + timedelta(hours=1) - timedelta(seconds=1),
+                              chosen={"site": [str(site.id)]})
+    index = list(fleet.sites).index("datong-cloud")
+    simulator = SimulatedSite(SimulatedSiteConfig(
+        seed=index + 1, fleet=site.spec.fleet, accelerators_per_rack=4,
+        pue_design=site.spec.pue_design), name="datong-cloud")
+    readings: dict[str, list[float]] = {}
+    moment = hour
+    while moment < hour + timedelta(hours=1):
+        for point in simulator.read(moment).points:
+            if point.metric == "accelerator_power_watts":
+                readings.setdefault(point.device, []).append(point.value)
+        moment += fleet.step
+    got = {r["metric"].rsplit(" ", 1)[-1]: r["value"] for r in rows}
+    assert set(got) == set(readings) and len(got) == sum(site.spec.fleet.values())
+    for device, values in readings.items():
+        assert got[device] == pytest.approx(sum(values) / len(values))
+    assert {float(r["time"]) for r in rows} == {hour.timestamp()}
+
+
+def test_agent_lag_shows_the_backfill(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
+) -> None:
+    """The simulated reports were made over 30 hours and stored just now: lag is their age."""
+    _, fleet = simulated
+    site = fleet.sites["taiyuan-hall-a"]
+    rows = grafana.panel_rows(as_grafana, "jinsuan-site-detail", "Agent lag",
+                              start=SIM_START, end=SIM_END, chosen={"site": [str(site.id)]})
+    assert {r["metric"] for r in rows} == {"taiyuan-hall-a-agent"}
+    first, last = rows[0], rows[-1]
+    assert first["value"] > last["value"] > 0
+    # The first bucket's worst lag is its first batch's: made 30 minutes after SIM_START.
+    made = SIM_START + fleet.step * (simulated_fleet.STEPS_PER_BATCH - 1)
+    age = (datetime.now(UTC) - made).total_seconds()
+    assert float(first["value"]) == pytest.approx(age, abs=120)
 
 
 # --- PromQL against a real Prometheus --------------------------------------------------------
@@ -560,12 +739,15 @@ def _platform_registry() -> Any:
     return registry
 
 
+AGENT_SITE = "site-1"
+
+
 def _agent_registry() -> Any:
     from agents.exporter import AgentMetrics
     from jinsuan.metrics import CATALOGUE, Scope
     from jinsuan.wire import AcceleratorInfo, Inventory, MeterInfo
 
-    metrics = AgentMetrics("site-1")
+    metrics = AgentMetrics(AGENT_SITE)
     inventory = Inventory(
         racks=["A01"],
         accelerators=[AcceleratorInfo(uuid="GPU-1", model="NVIDIA H800", vendor="NVIDIA",
@@ -671,14 +853,23 @@ def _series_labels(url: str, metric: str) -> set[str]:
     return {label for series in answer["data"] for label in series}
 
 
+def _prom_variables(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """Every variable as "All" for Prometheus (``.*``); the SQL-listed site name as the agent's."""
+    values = {}
+    for variable in dashboard["templating"]["list"]:
+        sql = datasource_type(variable.get("datasource")) == grafana.POSTGRES
+        values[variable["name"]] = AGENT_SITE if sql else ".*"
+    return values
+
+
 def test_every_promql_query_evaluates_with_data(prometheus: str) -> None:
-    dashboard = load_dashboards()["site-operations.json"]
-    names = [v["name"] for v in dashboard["templating"]["list"]]
-    match_all = dict.fromkeys(names, ".*")
-    targets = prom_queries(dashboard)
+    targets = [(uid, where, target) for uid, dashboard in grafana.load_all().items()
+               for where, target in prom_queries(dashboard)]
     assert len(targets) >= 20
-    for where, target in targets:
-        expr = promql(target["expr"], match_all)
+    assert {uid for uid, _, _ in targets} >= {"jinsuan-platform-operations",
+                                                "jinsuan-site-detail"}
+    for uid, where, target in targets:
+        expr = promql(target["expr"], _prom_variables(grafana.load(uid)))
         answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
         assert answer.status_code == 200, f"{where}: {expr}: {answer.text}"
         assert answer.json()["data"]["result"], f"{where}: {expr} returned nothing"
@@ -689,16 +880,29 @@ def test_every_promql_query_evaluates_with_data(prometheus: str) -> None:
         for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             used |= {label.strip() for label in group.split(",") if label.strip() != "le"}
         assert used <= labels, f"{where}: labels {used - labels} are not on {metrics}"
-    for variable in dashboard["templating"]["list"]:
-        match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"])
-        assert match, variable["query"]
-        selector = promql(match.group(1), match_all)
-        answer = httpx.get(f"{prometheus}/api/v1/label/{match.group(2)}/values",
-                           params={"match[]": selector}, timeout=5).json()
-        assert answer["data"], f"variable {variable['name']}: {variable['query']} lists nothing"
+    for uid, dashboard in grafana.load_all().items():
+        for variable in dashboard["templating"]["list"]:
+            if datasource_type(variable.get("datasource")) != grafana.PROMETHEUS:
+                continue
+            match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"])
+            assert match, variable["query"]
+            selector = promql(match.group(1), _prom_variables(dashboard))
+            answer = httpx.get(f"{prometheus}/api/v1/label/{match.group(2)}/values",
+                               params={"match[]": selector}, timeout=5).json()
+            assert answer["data"], f"{uid} variable {variable['name']} lists nothing"
 
 
-def test_site_operations_reads_what_the_code_exports() -> None:
+def test_site_detail_picks_the_sites_agents_only(prometheus: str) -> None:
+    """The agent panels join on jinsuan_agent_info: another site's name finds nothing."""
+    dashboard = grafana.load("jinsuan-site-detail")
+    for where, target in prom_queries(dashboard):
+        other = {**_prom_variables(dashboard), "site_name": "some-other-site"}
+        expr = promql(target["expr"], other)
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+        assert answer.json()["data"]["result"] == [], where
+
+
+def test_dashboards_read_what_the_code_exports() -> None:
     """Each dashboard metric is one the platform or agent code defines (no Prometheus needed)."""
     from prometheus_client import generate_latest
 
@@ -707,11 +911,13 @@ def test_site_operations_reads_what_the_code_exports() -> None:
         for line in generate_latest(registry).decode().splitlines():
             if line and not line.startswith("#"):
                 exported.add(re.match(r"[a-zA-Z_:][\w:]*", line).group(0))
-    dashboard = load_dashboards()["site-operations.json"]
-    used = {m for _, t in prom_queries(dashboard) for m in re.findall(r"\bjinsuan_\w+", t["expr"])}
-    used |= {m for v in dashboard["templating"]["list"]
-             for m in re.findall(r"\bjinsuan_\w+", v["query"])}
+    used = set()
+    for dashboard in grafana.load_all().values():
+        used |= {m for _, t in prom_queries(dashboard)
+                 for m in re.findall(r"\bjinsuan_\w+", t["expr"])}
+        used |= {m for v in dashboard["templating"]["list"]
+                 for m in re.findall(r"\bjinsuan_\w+", v["query"])}
     assert used - exported == set()
     assert any(m.startswith("jinsuan_site_") for m in used)
-    assert any(m.startswith("jinsuan_accelerator_") for m in used)
     assert any(m.startswith("jinsuan_agent_spool") for m in used)
+    assert "jinsuan_agent_info" in used

@@ -1,0 +1,139 @@
+"""A store filled from the agents' simulator, through the real intake, then rolled up.
+
+Each site is enrolled through the API with its own key pair, as a site's agent is; its
+``SimulatedSite`` is read at every step of the range, and the readings go to ``/v1/reports`` as
+signed, gzip-compressed batches of several steps each. The hourly rollups are then run as the
+platform runs them. Nothing here writes a telemetry table directly, so a dashboard query checked
+against this store is checked against what the platform really stores.
+
+One site goes quiet before the end of the range (its agent stopped), so "stale" has an example.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
+from collectors.rollup import run_rollups
+from jinsuan.auth import Role, create_key
+from jinsuan.sites import create_site
+from jinsuan.wire import Batch, Inventory, Series
+from tests.collectors_kit import Agent, Org, enrol, make_app
+
+
+#: Readings per batch: an agent that was offline sends its spool in batches like these.
+STEPS_PER_BATCH = 6
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSite:
+    name: str
+    city: str
+    enterprise: str
+    data_centre: str
+    fleet: dict[str, int]
+    pue_design: float
+    quiet_for: timedelta = timedelta(0)  # stops reporting this long before the range ends
+
+
+#: Four sites in two cities and three data centres; two halls share 太原一号 data centre.
+SMALL_FLEET: tuple[FleetSite, ...] = (
+    FleetSite("taiyuan-hall-a", "太原", "晋能智算", "太原一号数据中心",
+              {"NVIDIA H800": 4, "Ascend910B3": 4}, 1.22),
+    FleetSite("taiyuan-hall-b", "太原", "晋能智算", "太原一号数据中心",
+              {"NVIDIA H20": 4}, 1.22),
+    FleetSite("datong-cloud", "大同", "云冈数据", "大同云冈数据中心",
+              {"NVIDIA L20": 4, "NVIDIA A800-SXM4-80GB": 2}, 1.15),
+    FleetSite("datong-edge", "大同", "云冈数据", "大同边缘站",
+              {"NVIDIA GeForce RTX 4090": 2}, 1.45, quiet_for=timedelta(hours=3)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FilledSite:
+    spec: FleetSite
+    id: int
+    enterprise_id: int
+    agent: Agent
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedFleet:
+    sites: dict[str, FilledSite]
+    start: datetime
+    end: datetime
+    step: timedelta
+
+    @property
+    def cities(self) -> list[str]:
+        return sorted({s.spec.city for s in self.sites.values()})
+
+
+def _steps(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
+    moment = start
+    while moment < end:
+        yield moment
+        moment += step
+
+
+def _batch(agent: Agent, readings: list[tuple[datetime, Any]], step: timedelta) -> Batch:
+    points: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for moment, reading in readings:
+        unix_ms = round(moment.timestamp() * 1000)
+        for point in reading.points:
+            points[(point.metric, point.device)].append((unix_ms, point.value))
+    last_moment, last = readings[-1]
+    inventory = Inventory(racks=last.racks, accelerators=last.accelerators,
+                          meters=last.meters, edge=last.edge)
+    agent.seq += 1
+    return Batch(agent_id=agent.id, seq=agent.seq, created_at=last_moment,
+                 interval_s=step.total_seconds(), inventory=inventory,
+                 series=[Series(metric=m, device=d, points=p) for (m, d), p in points.items()])
+
+
+def fill(
+    conn: psycopg.Connection,
+    settings: Any,
+    db: Any,
+    *,
+    start: datetime,
+    end: datetime,
+    step: timedelta = timedelta(minutes=5),
+    steps_per_batch: int = STEPS_PER_BATCH,
+    sites: Sequence[FleetSite] = SMALL_FLEET,
+) -> SimulatedFleet:
+    """Report ``sites`` from ``start`` to ``end`` through the intake, then run the rollups."""
+    app, _ = make_app(settings, db)
+    filled: dict[str, FilledSite] = {}
+    with TestClient(app) as client:
+        for index, spec in enumerate(sites):
+            site = create_site(conn, enterprise=spec.enterprise, name=spec.name,
+                               city=spec.city, data_centre=spec.data_centre)
+            key = create_key(conn, Role.OPERATOR, enterprise_id=site.enterprise_id)
+            agent = enrol(client, Org(site, key), hostname=f"{spec.name}-agent")
+            filled[spec.name] = FilledSite(spec, site.id, site.enterprise_id, agent)
+            simulator = SimulatedSite(SimulatedSiteConfig(
+                seed=index + 1, fleet=spec.fleet, accelerators_per_rack=4,
+                pue_design=spec.pue_design), name=spec.name)
+            pending: list[tuple[datetime, Any]] = []
+            for moment in _steps(start, end - spec.quiet_for, step):
+                pending.append((moment, simulator.read(moment)))
+                if len(pending) == steps_per_batch:
+                    _post(client, agent, _batch(agent, pending, step))
+                    pending = []
+            if pending:
+                _post(client, agent, _batch(agent, pending, step))
+    run_rollups(db, settings, now=end + timedelta(hours=1))
+    return SimulatedFleet(filled, start, end, step)
+
+
+def _post(client: TestClient, agent: Agent, batch: Batch) -> None:
+    answer = agent.post(client, batch, compress=True)
+    assert answer.status_code == 200, answer.text
