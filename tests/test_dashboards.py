@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ import psycopg
 import pytest
 import yaml
 from conftest import fresh_database
+from servers import running_prometheus
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from dashboards import grafana
@@ -781,54 +780,17 @@ def _agent_registry() -> Any:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus scraping the platform's and an agent's metric registries."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    """A real Prometheus scraping registries built from the platform's and the agent's code."""
     from prometheus_client import start_http_server
 
     platform_server, _ = start_http_server(0, addr="127.0.0.1", registry=_platform_registry())
     agent_server, _ = start_http_server(0, addr="127.0.0.1", registry=_agent_registry())
-    work = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "jinsuan-platform",
-             "static_configs": [{"targets": [f"127.0.0.1:{platform_server.server_port}"]}]},
-            {"job_name": "jinsuan-agent",
-             "static_configs": [{"targets": [f"127.0.0.1:{agent_server.server_port}"]}]},
-        ],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={work / 'prometheus.yml'}",
-         f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(work / "log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
+    jobs = {"jinsuan-platform": [f"127.0.0.1:{platform_server.server_port}"],
+            "jinsuan-agent": [f"127.0.0.1:{agent_server.server_port}"]}
     try:
-        # Ready once both targets have been scraped at least three times, so every rate() has
-        # two points inside its window.
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (work / "log").read_text()
-            try:
-                response = httpx.get(f"{url}/api/v1/query", params={
-                    "query": "min(count_over_time(up[1m]))"}, timeout=2)
-                # Until its storage is open Prometheus answers 503 with a plain-text body.
-                if response.status_code == 200:
-                    result = response.json()["data"]["result"]
-                    if result and float(result[0]["value"][1]) >= 3:
-                        break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus never scraped both targets"
-            time.sleep(0.2)
-        yield url
+        with running_prometheus(tmp_path_factory.mktemp("prometheus"), jobs) as url:
+            yield url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         platform_server.shutdown()
         agent_server.shutdown()
 

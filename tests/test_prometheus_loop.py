@@ -1,0 +1,138 @@
+"""Prometheus in the loop: a real platform and a real agent on loopback, scraped by Debian's
+Prometheus, and the dashboards' key series read back through Prometheus's HTTP API.
+
+The agent samples a simulated site, spools, and uploads to the platform; one of its batches is
+stamped a day ahead, so the platform refuses it and both sides count the refusal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import free_port, running_prometheus, serving
+
+from agents.config import load_config
+from agents.daemon import Agent, start_probes
+from agents.exporter import AgentMetrics, serve
+from agents.identity import enrol
+from agents.spool import Spool
+from agents.uploader import Outcome, Uploader
+from dashboards import grafana
+from jinsuan.app import create_app
+from jinsuan.platform import Platform
+from tests.collectors_kit import bearer, make_org
+
+SITE = "taiyuan-loop"
+FLEET = {"NVIDIA H800": 8, "Ascend910B3": 4}
+
+
+class StepClock:
+    """The agent's clock, moved by the test: cycles are stamped where the test puts them."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        return event.is_set()
+
+
+@pytest.fixture
+def scraped(tmp_path: Path, conn, settings, db) -> Iterator[str]:
+    """The platform and an agent that has reported; Prometheus scraping both."""
+    with serving(create_app(Platform(settings=settings, db=db))) as platform_url:
+        org = make_org(conn, "晋能智算", SITE, "太原")
+        made = httpx.post(f"{platform_url}/v1/sites/{org.site.id}/enrolment-tokens",
+                          headers=bearer(org.operator_key), timeout=10)
+        identity = enrol(tmp_path / "state", platform_url, made.json()["token"])
+        config_path = tmp_path / "site.toml"
+        config_path.write_text(f"""
+[site]
+name = "{SITE}"
+
+[agent]
+platform_url = "{platform_url}"
+state_dir = "state"
+interval_s = 10
+
+[[probes.simulated]]
+seed = 5
+fleet = {{ "NVIDIA H800" = 8, "Ascend910B3" = 4 }}
+""", encoding="utf-8")
+        config = load_config(config_path)
+        metrics = AgentMetrics(SITE)
+        agent_port = free_port()
+        exporter = serve(metrics, "127.0.0.1", agent_port)
+        clock = StepClock(time.time() - 60)
+        try:
+            with Spool(config.agent.state_dir / "spool.sqlite") as spool:
+                agent = Agent(config, identity, spool, start_probes(config), metrics=metrics,
+                              clock=clock)
+                for _ in range(3):
+                    agent.cycle()
+                    clock.t += 10
+                clock.t += 86_400  # stamped a day ahead: refused for good
+                agent.cycle()
+                uploader = Uploader(spool, platform_url, metrics=metrics, timeout_s=10)
+                try:
+                    outcomes = []
+                    while (attempt := uploader.send_oldest()).outcome is not Outcome.IDLE:
+                        outcomes.append(attempt.outcome)
+                finally:
+                    uploader.close()
+                assert outcomes == [Outcome.ACKED] * 3 + [Outcome.DROPPED]
+            jobs = {"jinsuan-platform": [platform_url.removeprefix("http://")],
+                    "jinsuan-agent": [f"127.0.0.1:{agent_port}"]}
+            with running_prometheus(tmp_path / "prometheus", jobs, min_scrapes=2) as url:
+                yield url
+        finally:
+            exporter.shutdown()
+
+
+def query(url: str, expr: str) -> list[dict]:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]["result"]
+
+
+def value(url: str, expr: str) -> float:
+    (result,) = query(url, expr)
+    return float(result["value"][1])
+
+
+def test_prometheus_scrapes_the_platform_and_the_agent(scraped: str) -> None:
+    url = scraped
+    # The platform: what it stored and what it refused.
+    assert value(url, "sum(jinsuan_ingest_batches_total)") == 3
+    assert value(url, "sum(jinsuan_ingest_rejected_total)") == 1
+    assert value(url, f'jinsuan_site_accelerators_connected{{site="{SITE}"}}') == 12
+    assert value(url, f'jinsuan_site_fp16_pflops_connected{{site="{SITE}", city="太原"}}') > 0
+    # The agent: its own health and the latest readings of every device.
+    assert value(url, 'jinsuan_agent_batches_rejected_total{code="422"}') == 1
+    assert value(url, "jinsuan_agent_spool_pending_batches") == 0
+    assert value(url, "count(jinsuan_accelerator_power_watts)") == sum(FLEET.values())
+    models = {r["metric"]["model"] for r in query(url, "jinsuan_accelerator_up")}
+    assert models == set(FLEET)
+
+
+def test_site_detail_agent_panels_find_the_sites_agent(scraped: str) -> None:
+    """The dashboard's own PromQL, with the site chosen, finds this agent and no other."""
+    dashboard = grafana.load("jinsuan-site-detail")
+    spool = grafana.panel(dashboard, "Spool backlog")["targets"][0]["expr"]
+    found = query(scraped, spool.replace("$site_name", SITE))
+    assert [r["metric"]["job"] for r in found] == ["jinsuan-agent"]
+    assert query(scraped, spool.replace("$site_name", "another-site")) == []
+    refused = grafana.panel(dashboard, "Reports refused by the platform")["targets"][0]["expr"]
+    found = query(scraped, refused.replace("$site_name", SITE)
+                  .replace("$__rate_interval", "1h"))
+    assert [r["metric"]["code"] for r in found] == ["422"]
