@@ -27,7 +27,6 @@ from jinsuan.sites import create_site
 from jinsuan.wire import Batch, Inventory, Series
 from tests.collectors_kit import Agent, Org, enrol, make_app
 
-
 #: Readings per batch: an agent that was offline sends its spool in batches like these.
 STEPS_PER_BATCH = 6
 
