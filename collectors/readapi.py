@@ -50,6 +50,7 @@ class SiteOut(BaseModel):
     enterprise_id: int
     enterprise: str
     in_province: bool
+    data_centre: str
     agents: int
     last_report_at: datetime | None
 
@@ -139,7 +140,7 @@ def router() -> APIRouter:
         with conn.cursor(row_factory=class_row(SiteOut)) as cur:
             return cur.execute(
                 "SELECT s.id, s.name, s.city, s.enterprise_id, e.name AS enterprise,"
-                " s.in_province, count(g.id)::int AS agents,"
+                " s.in_province, s.data_centre, count(g.id)::int AS agents,"
                 " max(g.last_report_at) AS last_report_at"
                 " FROM sites s JOIN enterprises e ON e.id = s.enterprise_id"
                 " LEFT JOIN agents g ON g.site_id = s.id AND g.revoked_at IS NULL"

@@ -20,6 +20,9 @@ def test_keys_sites_and_tokens_from_the_command_line(database_url, tmp_path, mon
     again = runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
                                 "--city", "太原"])
     assert again.exit_code == 2 and "already exists" in again.output
+    hall = runner.invoke(app, ["sites", "create", "taiyuan-1-hall-b", "--enterprise",
+                               "Example Co.", "--city", "太原", "--data-centre", "taiyuan-1"])
+    assert hall.exit_code == 0 and "data centre 'taiyuan-1'" in hall.output
 
     key = runner.invoke(app, ["keys", "create", "--role", "operator",
                               "--enterprise", "Example Co."])
@@ -32,6 +35,8 @@ def test_keys_sites_and_tokens_from_the_command_line(database_url, tmp_path, mon
         stored = conn.execute("SELECT count(*) FROM api_keys WHERE secret_sha256::text"
                               " LIKE %s", (f"%{key.output.strip()[-10:]}%",)).fetchone()[0]
         assert stored == 0  # only a hash is kept
+        centres = dict(conn.execute("SELECT name, data_centre FROM sites").fetchall())
+        assert centres == {"taiyuan-1": "taiyuan-1", "taiyuan-1-hall-b": "taiyuan-1"}
 
     prefix = key.output.strip().split("_")[1]
     assert runner.invoke(app, ["keys", "revoke", prefix]).exit_code == 0

@@ -33,7 +33,8 @@ class World:
 @pytest.fixture
 def world(settings, db, conn) -> Iterator[World]:
     jinneng = make_org(conn, "Jinneng Compute", "taiyuan-1", "Taiyuan")
-    jinzhong = create_site(conn, enterprise="Jinneng Compute", name="jinzhong-1", city="Jinzhong")
+    jinzhong = create_site(conn, enterprise="Jinneng Compute", name="jinzhong-1", city="Jinzhong",
+                           data_centre="Jinzhong Campus")
     datong = make_org(conn, "Datong Cloud", "datong-1", "Datong")
     app, _ = make_app(settings, db)
     with TestClient(app) as client:
@@ -65,6 +66,11 @@ def test_sites_visible_by_role_and_filters(world):
                       headers=bearer(world.bureau))) == ["jinzhong-1"]
     assert get("/v1/sites").status_code == 401
     assert get("/v1/sites", headers=bearer("jsk_nope_nope")).status_code == 401
+    # A site is a data centre of its own unless it was created as part of one.
+    centres = {s["name"]: s["data_centre"]
+               for s in get("/v1/sites", headers=bearer(world.bureau)).json()}
+    assert centres == {"datong-1": "datong-1", "jinzhong-1": "Jinzhong Campus",
+                       "taiyuan-1": "taiyuan-1"}
 
 
 def test_dispatcher_may_list_sites_only(world):
