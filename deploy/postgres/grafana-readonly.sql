@@ -25,3 +25,14 @@ GRANT SELECT ON enterprises, sites, racks, accelerators, meters, series, samples
 GRANT SELECT (id, site_id, hostname, enrolled_at, last_seq, last_report_at, revoked_at)
     ON agents TO jinsuan_grafana;
 GRANT SELECT (agent_id, seq, created_at, received_at, samples) ON reports TO jinsuan_grafana;
+
+-- The scheduling dashboard: jobs, runs, their transitions and metered usage; not the job specs
+-- (their payloads carry commands and environments), runs' log tails or fencing tokens.
+GRANT SELECT (id, tenant, project, name, constraints, tasks, accelerators_per_task, priority,
+              state, tries, current_run_id, submitted_at, state_changed_at, ended_at,
+              end_reason)
+    ON jobs TO jinsuan_grafana;
+GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_at, leased_at,
+              started_at, ended_at, exit_code, end_reason)
+    ON runs TO jinsuan_grafana;
+GRANT SELECT ON job_transitions, usage_records TO jinsuan_grafana;
