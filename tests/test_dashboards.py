@@ -32,6 +32,7 @@ from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from dashboards import grafana
 from dashboards.grafana import DashboardError, all_panels, datasource_type, target_source
 from tests import simulated_fleet
+from tests.scheduling_story import Story, play
 from tests.simulated_fleet import SimulatedFleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -515,7 +516,8 @@ SIM_START = SIM_END - timedelta(hours=30)
 def simulated(
     pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, SimulatedFleet]]:
-    """A database filled by simulated agents through the intake, then rolled up."""
+    """A database filled by simulated agents through the intake and rolled up, in which the
+    scheduler has also run five hours of jobs (tests/scheduling_story.py)."""
     from jinsuan.settings import Settings
     from jinsuan.store import Database
 
@@ -527,6 +529,7 @@ def simulated(
             with database.pool.connection() as conn:
                 fleet = simulated_fleet.fill(conn, settings, database,
                                              start=SIM_START, end=SIM_END)
+                play(Story(conn, database, SIM_END - timedelta(hours=6)))
                 conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
         finally:
             database.close()
@@ -614,8 +617,9 @@ def test_sites_reporting_and_stale(
     simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
 ) -> None:
     _, fleet = simulated
+    mine = {"site": [str(site.id) for site in fleet.sites.values()]}
     rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Sites reporting",
-                              start=SIM_START, end=SIM_END)
+                              start=SIM_START, end=SIM_END, chosen=mine)
     state = {r["site"]: r["state"] for r in rows}
     assert state == {name: "stale" if site.spec.quiet_for else "reporting"
                      for name, site in fleet.sites.items()}
@@ -624,13 +628,19 @@ def test_sites_reporting_and_stale(
     assert quiet["behind by"] == pytest.approx(
         (timedelta(hours=3) + fleet.step).total_seconds())
     (counts,) = grafana.panel_rows(as_grafana, "jinsuan-province-overview",
-                                   "Sites reporting vs stale", start=SIM_START, end=SIM_END)
+                                   "Sites reporting vs stale", start=SIM_START, end=SIM_END,
+                                   chosen=mine)
     assert (counts["reporting"], counts["stale or silent"]) == (3, 1)
     # Seen from a moment before the site went quiet, it was reporting.
     earlier = SIM_END - timedelta(hours=4)
     rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Sites reporting",
-                              start=SIM_START, end=earlier)
+                              start=SIM_START, end=earlier, chosen=mine)
     assert {r["state"] for r in rows} == {"reporting"}
+    # The scheduling story's sites have no agent that ever reported.
+    rows = grafana.panel_rows(as_grafana, "jinsuan-province-overview", "Sites reporting",
+                              start=SIM_START, end=SIM_END)
+    assert {r["site"]: r["state"] for r in rows if r["site"] not in state} == dict.fromkeys(
+        ("ty-1", "ty-2", "dt-1"), "never reported")
 
 
 def test_racks_by_data_centre_add_up_the_halls(
