@@ -62,10 +62,22 @@ class Jobs:
     outcomes: Rows
     placements: Rows
     usage: Rows
+    wait: dict[str, Any]
+    requeues: Rows
 
     @property
     def empty(self) -> bool:
         return not (self.outcomes or self.placements or self.usage)
+
+    def ended(self, state: str) -> int:
+        """Jobs that ended in ``state`` (succeeded, failed, cancelled) over the month."""
+        return sum(int(row[state]) for row in self.outcomes)
+
+    def placed_by_site(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for row in self.placements:
+            totals[str(row["metric"])] = totals.get(str(row["metric"]), 0) + int(row["value"])
+        return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +127,8 @@ def fetch(conn: psycopg.Connection, month: Month,
         outcomes=rows(SCHEDULING, "Job outcomes"),
         placements=rows(SCHEDULING, "Placements by site"),
         usage=rows(SCHEDULING, "Usage by tenant"),
+        wait=one(SCHEDULING, "Wait to first placement over the range"),
+        requeues=rows(SCHEDULING, "Requeues after site failures"),
     )
     return MonthFigures(month, chosen, capacity, energy, jobs)
 

@@ -1,4 +1,4 @@
-"""The ``jinsuan`` command line: platform, keys, sites, agents, jobs and the demo.
+"""The ``jinsuan`` command line: platform, keys, sites, agents, jobs, the demo and the report.
 
 Sub-commands import their dependencies lazily, so ``jinsuan agent ...`` works on an agent-only
 install that lacks the server extra.
@@ -12,6 +12,7 @@ from jinsuan.cli.admin import keys_app, sites_app
 from jinsuan.cli.agent import agent_app
 from jinsuan.cli.job import job_app
 from jinsuan.cli.platform import demo, serve
+from jinsuan.cli.report import report
 
 app = typer.Typer(
     name="jinsuan",
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(demo)
+app.command()(report)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
 app.add_typer(agent_app, name="agent")
