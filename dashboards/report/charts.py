@@ -9,14 +9,13 @@ bucket that lies in the month, and energy bars are as wide as that part.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import matplotlib.dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MultipleLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, MultipleLocator, PercentFormatter
 
 from dashboards.report.figures import MonthFigures, bucket_start, number, series
 from dashboards.report.month import SHANGHAI, Month
@@ -85,6 +84,7 @@ def accelerators_by_model(ax: Axes, figures: MonthFigures) -> None:
     colours = ["#c4162a" if r["domestic"] else "#3274d9" for r in rows]
     drawn = ax.barh(labels, [int(r["accelerators"]) for r in rows], color=colours)
     ax.bar_label(drawn, padding=3, fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("accelerators seen in the month")
     ax.set_xlim(0, max(int(r["accelerators"]) for r in rows) * 1.12)
     handles = [Patch(color="#c4162a", label="domestic (信创)"),
@@ -107,8 +107,9 @@ def pue_by_centre(ax: Axes, figures: MonthFigures, target: Decimal) -> None:
     values = [float(r["PUE"]) for r in rows]
     colours = ["#56a64b" if v < float(target) else "#e0752d" for v in values]
     bars = ax.barh([str(r["data centre"]) for r in rows], values, color=colours)
-    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3, fontsize=8)
     ax.axvline(float(target), color=TARGET, linestyle="--", linewidth=1.2)
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=4, fontsize=8,
+                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6})
     ax.text(float(target), 1.0, f" {target}", transform=ax.get_xaxis_transform(), color=TARGET,
             fontsize=8, va="bottom")
     ax.set_xlim(1.0, max([*values, float(target)]) * 1.08)
@@ -157,13 +158,12 @@ def coverage_daily(ax: Axes, figures: MonthFigures) -> None:
     _style(ax)
 
 
-def bars(ax: Axes, labels: list[str], values: list[float], xlabel: str,
-         fmt: Callable[[float], str] = lambda v: f"{v:,.0f}") -> None:
-    """Horizontal bars, largest on top, each labelled with its value."""
+def counts(ax: Axes, labels: list[str], values: list[int], xlabel: str) -> None:
+    """Horizontal bars of counts, largest on top, each labelled with its count."""
     drawn = ax.barh(list(reversed(labels)), list(reversed(values)), color=COLOURS[0])
-    ax.bar_label(drawn, labels=[fmt(v) for v in reversed(values)], padding=3, fontsize=8)
+    ax.bar_label(drawn, labels=[f"{v:,}" for v in reversed(values)], padding=3, fontsize=8)
     ax.set_xlabel(xlabel)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max([*values, 1]) * 1.15)
     _style(ax)
     ax.grid(False, axis="y")
@@ -187,11 +187,11 @@ def job_outcomes(ax: Axes, figures: MonthFigures) -> None:
         base = [b + h for b, h in zip(base, heights, strict=True)]
     _time_axis(ax, month)
     ax.set_ylabel("jobs ended per day bucket")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _style(ax)
 
 
 def placements_by_site(ax: Axes, figures: MonthFigures) -> None:
     totals = figures.jobs.placed_by_site()
-    bars(ax, list(totals), [float(v) for v in totals.values()], "runs placed in the month")
+    counts(ax, list(totals), list(totals.values()), "runs placed in the month")

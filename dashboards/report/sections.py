@@ -59,7 +59,9 @@ def duration(seconds: Any) -> str:
         return f"{seconds} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def month_name(month: Month) -> str:
@@ -102,6 +104,7 @@ def title_page(report: Report) -> None:
         f"Data source: {report.source or 'the platform database'}, through the queries of the "
         f"Grafana dashboards {PROVINCE}, {ENERGY} and {SCHEDULING}.",
     ])
+    doc.y += 0.1
     doc.subheading("The month at a glance", keep=3.0)
     if capacity.empty and energy.empty:
         nothing(report, NO_TELEMETRY)
@@ -170,25 +173,34 @@ def capacity(report: Report) -> None:
         Column("FP16 PFlops", lambda r: fmt(r["FP16 PFlops"]), 0.18, "right"),
     ], capacity.racks)
     labels = [f"{r['model']} ({r['vendor']})" for r in capacity.models]
-    report.chart("accelerators-by-model", "Accelerators by model", charts.accelerators_by_model,
-                 labels=labels, legend=False, height=min(0.9 + 0.3 * len(labels), 4.0))
+    if labels:
+        report.chart("accelerators-by-model", "Accelerators by model",
+                     charts.accelerators_by_model, labels=labels, legend=False,
+                     height=min(0.9 + 0.3 * len(labels), 4.0))
+        doc.table([
+            Column("model", lambda r: str(r["model"]), 0.30),
+            Column("vendor", lambda r: str(r["vendor"]), 0.14),
+            Column("domestic (信创)", lambda r: "yes" if r["domestic"] else "no", 0.14, "center"),
+            Column("accelerators", lambda r: fmt(r["accelerators"], 0), 0.14, "right"),
+            Column("FP16 TFLOPS each", lambda r: fmt(r["FP16 TFLOPS each"], 1)
+                   + (" (estimated)" if r["estimated"] else ""), 0.28, "right"),
+        ], capacity.models)
+    else:
+        doc.subheading("Accelerators by model")
+        nothing(report, "no accelerator inventory was reported in this month.")
+    doc.subheading("Sites: last report before the end of the month")
     doc.table([
-        Column("model", lambda r: str(r["model"]), 0.30),
-        Column("vendor", lambda r: str(r["vendor"]), 0.14),
-        Column("domestic (信创)", lambda r: "yes" if r["domestic"] else "no", 0.14, "center"),
-        Column("accelerators", lambda r: fmt(r["accelerators"], 0), 0.14, "right"),
-        Column("FP16 TFLOPS each", lambda r: fmt(r["FP16 TFLOPS each"], 1)
-               + (" (estimated)" if r["estimated"] else ""), 0.28, "right"),
-    ], capacity.models)
-    doc.subheading("Sites reporting at the end of the month")
-    doc.table([
-        Column("site", lambda r: str(r["site"]), 0.2),
-        Column("city", lambda r: str(r["city"]), 0.09),
-        Column("enterprise", lambda r: str(r["enterprise"]), 0.15),
-        Column("data centre", lambda r: str(r["data centre"]), 0.22),
-        Column("last report (Beijing)", lambda r: when(r["last report"]), 0.2),
-        Column("state", lambda r: str(r["state"]), 0.14),
+        Column("site", lambda r: str(r["site"]), 0.19),
+        Column("city", lambda r: str(r["city"]), 0.08),
+        Column("enterprise", lambda r: str(r["enterprise"]), 0.13),
+        Column("data centre", lambda r: str(r["data centre"]), 0.2),
+        Column("last report (Beijing)", lambda r: when(r["last report"]), 0.17),
+        Column("before the end by", lambda r: duration(r["behind by"]), 0.13, "right"),
+        Column("state", lambda r: str(r["state"]), 0.1, "right"),
     ], capacity.sites)
+    doc.paragraph("State as the dashboard judges it at the month's last minute: reporting if "
+                  "the last report is at most 15 minutes older, stale otherwise.", size=7.5,
+                  color=MUTED)
 
 
 # --- energy -----------------------------------------------------------------------------------
@@ -206,24 +218,9 @@ def energy(report: Report) -> None:
         f"PUE of the month over the selection: {fmt(energy.pue.get('PUE'), 3)} (Σ facility "
         f"energy ÷ Σ IT energy over the hours in which both were measured); for the year to "
         f"the end of the month {fmt(energy.annual.get('annual PUE, year to date'), 3)}. "
-        f"{len(below)} of {len(measured)} data centres were below {target}, the annual PUE "
-        f"that measure 4 of 晋政办发〔2024〕35号 rewards, over the month.")
-    report.chart("pue-by-centre", "PUE per data centre over the month",
-                 partial(charts.pue_by_centre, target=target),
-                 labels=[str(r["data centre"]) for r in measured], legend=False,
-                 height=min(1.0 + 0.35 * len(measured), 4.0),
-                 caption=f"Green: below {target}; orange: at or above it. Dashed line: {target}.")
-    doc.table([
-        Column("data centre", lambda r: str(r["data centre"]), 0.3),
-        Column("city", lambda r: str(r["city"]), 0.1),
-        Column("PUE", lambda r: fmt(r["PUE"], 3), 0.12, "right"),
-        Column("IT MWh", lambda r: fmt(r["IT MWh"], 1), 0.15, "right"),
-        Column("facility MWh", lambda r: fmt(r["facility MWh"], 1), 0.15, "right"),
-        Column("hours measured", lambda r: f"{fmt(r['hours measured'], 0)} of {month.hours}",
-               0.18, "right"),
-    ], energy.per_centre)
-    report.chart("pue-daily", "PUE per data centre, day by day",
-                 partial(charts.pue_daily, target=target))
+        f"Data centres below {target} over the month, the annual PUE that measure 4 of "
+        f"晋政办发〔2024〕35号 rewards: {len(below)} of {len(measured)}.")
+    _pue_per_centre(report, measured)
     report.chart("energy-daily", "IT and facility energy", charts.energy_daily,
                  caption=f"Month: IT {fmt(mwh(energy.totals.get('IT energy')), 1)} MWh, facility "
                  f"{fmt(mwh(energy.totals.get('facility energy')), 1)} MWh. Day buckets are UTC "
@@ -249,6 +246,30 @@ def energy(report: Report) -> None:
     ], energy.year_to_date)
 
 
+def _pue_per_centre(report: Report, measured: list[dict[str, Any]]) -> None:
+    doc, target, month = report.doc, report.target, report.month
+    if not measured:
+        doc.subheading("PUE per data centre")
+        nothing(report, "no data centre had both IT and facility energy measured in any hour.")
+        return
+    report.chart("pue-by-centre", "PUE per data centre over the month",
+                 partial(charts.pue_by_centre, target=target),
+                 labels=[str(r["data centre"]) for r in measured], legend=False,
+                 height=min(1.0 + 0.35 * len(measured), 4.0),
+                 caption=f"Green: below {target}; orange: at or above it. Dashed: {target}.")
+    doc.table([
+        Column("data centre", lambda r: str(r["data centre"]), 0.3),
+        Column("city", lambda r: str(r["city"]), 0.1),
+        Column("PUE", lambda r: fmt(r["PUE"], 3), 0.12, "right"),
+        Column("IT MWh", lambda r: fmt(r["IT MWh"], 1), 0.15, "right"),
+        Column("facility MWh", lambda r: fmt(r["facility MWh"], 1), 0.15, "right"),
+        Column("hours measured", lambda r: f"{fmt(r['hours measured'], 0)} of {month.hours}",
+               0.18, "right"),
+    ], report.figures.energy.per_centre)
+    report.chart("pue-daily", "PUE per data centre, day by day",
+                 partial(charts.pue_daily, target=target))
+
+
 # --- jobs -------------------------------------------------------------------------------------
 
 def jobs(report: Report) -> None:
@@ -261,10 +282,10 @@ def jobs(report: Report) -> None:
     placed = jobs.placed_by_site()
     ended = {state: jobs.ended(state) for state, _ in charts.OUTCOMES}
     doc.paragraph(
-        f"{sum(ended.values())} jobs ended in the month: {ended['succeeded']} succeeded, "
-        f"{ended['failed']} failed and {ended['cancelled']} were cancelled. "
-        f"{sum(placed.values())} runs were placed on {len(placed)} sites; the wait from "
-        f"submission to first placement was {duration(jobs.wait.get('p50'))} at the median and "
+        f"Jobs ended in the month: {sum(ended.values())} ({ended['succeeded']} succeeded, "
+        f"{ended['failed']} failed, {ended['cancelled']} cancelled). Runs placed: "
+        f"{sum(placed.values())}, on {len(placed)} sites. Wait from submission to first "
+        f"placement: {duration(jobs.wait.get('p50'))} at the median, "
         f"{duration(jobs.wait.get('p95'))} at the 95th percentile.")
     if jobs.outcomes:
         report.chart("job-outcomes", "Job outcomes", charts.job_outcomes)
