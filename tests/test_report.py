@@ -34,6 +34,8 @@ JUNE = parse_month("2025-06")
 FILL_START = datetime(2025, 6, 29, 0, tzinfo=UTC)
 FILL_END = datetime(2025, 7, 1, 0, tzinfo=UTC)  # July 1st, 08:00 in Beijing
 FEN = Decimal("0.01")
+ROOT = Path(__file__).resolve().parent.parent
+READONLY_SQL = ROOT / "deploy" / "postgres" / "grafana-readonly.sql"
 
 
 def _cjk_font_or_skip() -> None:
@@ -377,11 +379,14 @@ def test_an_unknown_city_is_refused(store: tuple[str, dict[str, int]], tmp_path:
     assert not list(tmp_path.iterdir())
 
 
-def test_an_empty_month_says_so_in_words(
+def test_an_empty_month_says_so_in_words_read_as_grafana(
         store: tuple[str, dict[str, int]], tmp_path: Path) -> None:
     _cjk_font_or_skip()
     url, _ = store
     with psycopg.connect(url, autocommit=True) as conn:
+        # As Grafana's read-only role: the report needs no more than the dashboards may read.
+        conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
+        conn.execute("SET ROLE jinsuan_grafana")
         written = write_report(conn, parse_month("2025-03"), tmp_path)
     assert written.charts == [] and not list(tmp_path.glob("*.png"))
     report = read_back(written.pdf)
