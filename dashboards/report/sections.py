@@ -218,8 +218,9 @@ def energy(report: Report) -> None:
         f"PUE of the month over the selection: {fmt(energy.pue.get('PUE'), 3)} (Σ facility "
         f"energy ÷ Σ IT energy over the hours in which both were measured); for the year to "
         f"the end of the month {fmt(energy.annual.get('annual PUE, year to date'), 3)}. "
-        f"Data centres below {target} over the month, the annual PUE that measure 4 of "
-        f"晋政办发〔2024〕35号 rewards: {len(below)} of {len(measured)}.")
+        f"Data centres below {target} over the month: {len(below)} of {len(measured)}. "
+        f"Measure 4 of 晋政办发〔2024〕35号 rewards a data centre whose measured annual PUE first "
+        f"falls below {target}; a month below it is an indication, not a qualification.")
     _pue_per_centre(report, measured)
     report.chart("energy-daily", "IT and facility energy", charts.energy_daily,
                  caption=f"Month: IT {fmt(mwh(energy.totals.get('IT energy')), 1)} MWh, facility "
