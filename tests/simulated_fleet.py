@@ -2,7 +2,8 @@
 
 Each site is enrolled through the API with its own key pair, as a site's agent is; its
 ``SimulatedSite`` is read at every step of the range, and the readings go to ``/v1/reports`` as
-signed, gzip-compressed batches of several steps each. The hourly rollups are then run as the
+signed, gzip-compressed batches of several steps each, built as ``jinsuan demo --history-days``
+builds them (``jinsuan.cli.history``). The hourly rollups are then run as the
 platform runs them. Nothing here writes a telemetry table directly, so a dashboard query checked
 against this store is checked against what the platform really stores.
 
@@ -11,8 +12,7 @@ One site goes quiet before the end of the range (its agent stopped), so "stale" 
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +23,9 @@ from fastapi.testclient import TestClient
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from collectors.rollup import run_rollups
 from jinsuan.auth import Role, create_key
+from jinsuan.cli.history import STEPS_PER_BATCH, post_report, simulated_batches
 from jinsuan.sites import create_site
-from jinsuan.wire import Batch, Inventory, Series
 from tests.collectors_kit import Agent, Org, enrol, make_app
-
-#: Readings per batch: an agent that was offline sends its spool in batches like these.
-STEPS_PER_BATCH = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,28 +72,6 @@ class SimulatedFleet:
         return sorted({s.spec.city for s in self.sites.values()})
 
 
-def _steps(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
-    moment = start
-    while moment < end:
-        yield moment
-        moment += step
-
-
-def _batch(agent: Agent, readings: list[tuple[datetime, Any]], step: timedelta) -> Batch:
-    points: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    for moment, reading in readings:
-        unix_ms = round(moment.timestamp() * 1000)
-        for point in reading.points:
-            points[(point.metric, point.device)].append((unix_ms, point.value))
-    last_moment, last = readings[-1]
-    inventory = Inventory(racks=last.racks, accelerators=last.accelerators,
-                          meters=last.meters, edge=last.edge)
-    agent.seq += 1
-    return Batch(agent_id=agent.id, seq=agent.seq, created_at=last_moment,
-                 interval_s=step.total_seconds(), inventory=inventory,
-                 series=[Series(metric=m, device=d, points=p) for (m, d), p in points.items()])
-
-
 def fill(
     conn: psycopg.Connection,
     settings: Any,
@@ -121,18 +96,10 @@ def fill(
             simulator = SimulatedSite(SimulatedSiteConfig(
                 seed=index + 1, fleet=spec.fleet, accelerators_per_rack=4,
                 pue_design=spec.pue_design), name=spec.name)
-            pending: list[tuple[datetime, Any]] = []
-            for moment in _steps(start, end - spec.quiet_for, step):
-                pending.append((moment, simulator.read(moment)))
-                if len(pending) == steps_per_batch:
-                    _post(client, agent, _batch(agent, pending, step))
-                    pending = []
-            if pending:
-                _post(client, agent, _batch(agent, pending, step))
+            for batch in simulated_batches(agent.id, simulator, start=start,
+                                           end=end - spec.quiet_for, step=step,
+                                           steps_per_batch=steps_per_batch):
+                answer = post_report(client, agent.key, batch)
+                assert answer.status_code == 200, answer.text
     run_rollups(db, settings, now=end + timedelta(hours=1))
     return SimulatedFleet(filled, start, end, step)
-
-
-def _post(client: TestClient, agent: Agent, batch: Batch) -> None:
-    answer = agent.post(client, batch, compress=True)
-    assert answer.status_code == 200, answer.text

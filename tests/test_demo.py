@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -29,7 +30,8 @@ def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
 
     def demo() -> None:
         try:
-            run_demo(port=free_port(), interval=0.5, refresh=0.5, jobs_every=0.3, stop=stop)
+            run_demo(port=free_port(), interval=0.5, refresh=0.5, jobs_every=0.3, stop=stop,
+                     history_days=0.1)
         except BaseException as exc:  # reported by the assertion below
             failure.append(exc)
 
@@ -51,6 +53,17 @@ def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
             _wait_for("a job to start at a site", a_job_ran)
             fleet = sum(sum(site.fleet.values()) for site in SITES)
             assert conn.execute("SELECT count(*) FROM accelerators").fetchone()[0] == fleet
+            # --history-days 0.1: 2.4 hours of each site's past, sent and rolled up first.
+            history = conn.execute(
+                "SELECT count(DISTINCT a.site_id), min(r.created_at) FROM reports r"
+                " JOIN agents a ON a.id = r.agent_id WHERE a.hostname LIKE '%-history'"
+            ).fetchone()
+            assert history[0] == len(SITES)
+            # The first history report holds six 15-minute readings from 2.4 hours ago.
+            assert history[1] < datetime.now(UTC) - timedelta(hours=1)
+            rolled = conn.execute("SELECT count(DISTINCT site_id) FROM rollup_site_hourly"
+                                  " WHERE pue IS NOT NULL").fetchone()[0]
+            assert rolled == len(SITES)
     finally:
         stop.set()
         thread.join(timeout=120)

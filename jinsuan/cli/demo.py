@@ -4,7 +4,9 @@ Everything here is the real thing except the sites' hardware: the platform's HTT
 background jobs on the embedded (or ``DATABASE_URL``) PostgreSQL, and one real agent per site
 (config file, Ed25519 enrolment with a one-time token, spool, uploader) whose only probe is the
 simulated site. The agents' config files are written to the data directory, where an operator
-can read them as examples.
+can read them as examples. With ``--history-days``, each site's simulated past is first sent
+through the intake (``jinsuan.cli.history``) and rolled up, so the dashboards and the monthly
+report have days to show.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -94,8 +96,46 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+#: History is coarser than live sampling: a week of a demo site is then a minute's work.
+HISTORY_STEP = timedelta(minutes=15)
+
+
+def _simulator_config(site: DemoSite, seed: int) -> dict[str, object]:
+    """The simulated probe's settings: the same in the agent's TOML and in its history."""
+    return {"seed": seed, "fleet": site.fleet, "pue_design": site.pue_design,
+            "climate_offset_c": site.climate_offset_c, "edge": site.edge,
+            "terminals_base": 150_000 if site.edge else 0}
+
+
+def _send_history(db: Database, settings: Settings, client: httpx.Client,
+                  sites: list[tuple[DemoSite, int, int]], days: float) -> None:
+    """Each site's simulated past ``days``, through the intake, then the hourly rollups."""
+    from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
+    from collectors.rollup import run_rollups
+    from jinsuan.cli.history import send_history
+
+    end = datetime.now(UTC)
+    start = end - timedelta(days=days)
+    console.print(f"sending {days:g} days of simulated history for {len(sites)} sites "
+                  f"({HISTORY_STEP.total_seconds() / 60:g}-minute readings) …")
+    began = time.monotonic()
+    sent = 0
+    with db.pool.connection() as conn:
+        for site, seed, site_id in sites:
+            simulator = SimulatedSite(SimulatedSiteConfig(**_simulator_config(site, seed)),
+                                      name=site.name)
+            sent += send_history(conn, client, site_id, simulator, start=start, end=end,
+                                 step=HISTORY_STEP)
+    rolled = run_rollups(db, settings)
+    rollups = (f"{rolled.hours} site-hours rolled up" if rolled.ran
+               else "the platform's rollup job is rolling it up")
+    console.print(f"… {sent} reports stored, {rollups}, in {time.monotonic() - began:.0f} s"
+                  " (history already stored is not sent again)")
+
+
 def _agent_toml(site: DemoSite, seed: int, platform_url: str, state_dir: Path,
                 interval: float) -> str:
+    probe = _simulator_config(site, seed)
     fleet = ", ".join(f'"{model}" = {count}' for model, count in site.fleet.items())
     return "\n".join([
         f"# The agent of the simulated site {site.name} ({site.city}), written by jinsuan demo.",
@@ -109,12 +149,12 @@ def _agent_toml(site: DemoSite, seed: int, platform_url: str, state_dir: Path,
         'metrics_listen = ""',
         "",
         "[[probes.simulated]]",
-        f"seed = {seed}",
+        f"seed = {probe['seed']}",
         f"fleet = {{ {fleet} }}",
-        f"pue_design = {site.pue_design}",
-        f"climate_offset_c = {site.climate_offset_c}",
-        f"edge = {'true' if site.edge else 'false'}",
-        f"terminals_base = {150_000 if site.edge else 0}",
+        f"pue_design = {probe['pue_design']}",
+        f"climate_offset_c = {probe['climate_offset_c']}",
+        f"edge = {'true' if probe['edge'] else 'false'}",
+        f"terminals_base = {probe['terminals_base']}",
         "",
         "[executor]  # run the jobs the platform places here as local processes",
         'kind = "process"',
@@ -217,7 +257,7 @@ def _table(platform: Platform, started: float, interval: float) -> Table:
 
 
 def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
-             stop: threading.Event) -> None:
+             stop: threading.Event, history_days: float = 0) -> None:
     from agents.config import load_config
     from agents.daemon import running_agent
     from jinsuan.cli.platform import make_server
@@ -260,8 +300,10 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
                                                       Role.DISPATCHER, tenant=kind.tenant)
                                for kind in MIX}
             configs = []
+            ensured = []
             for seed, site in enumerate(SITES, start=1):
                 site_id = _ensure_site(conn, site)
+                ensured.append((site, seed, site_id))
                 _register_for_jobs(client, admin_key, site_id, site, seed)
                 state_dir = demo_dir / "agents" / site.name
                 config_path = demo_dir / "agents" / f"{site.name}.toml"
@@ -269,6 +311,8 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
                 config_path.write_text(_agent_toml(site, seed, base, state_dir, interval))
                 _ensure_enrolled(conn, site_id, state_dir, base)
                 configs.append(load_config(config_path))
+        if history_days > 0:
+            _send_history(db, settings, client, ensured, history_days)
         for config in configs:
             stack.enter_context(running_agent(config))
         dispatcher = SimulatedDispatcher(base, dispatcher_keys, every_s=jobs_every)

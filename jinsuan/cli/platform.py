@@ -63,9 +63,13 @@ def demo(
     refresh: Annotated[float, typer.Option(help="Table refresh, seconds.")] = 3.0,
     jobs_every: Annotated[float, typer.Option(
         help="The simulated dispatcher submits a job this often, seconds.")] = 4.0,
+    history_days: Annotated[float, typer.Option(
+        min=0, max=800,
+        help="First send this many days of the sites' simulated past, so the dashboards and"
+             " 'jinsuan report' have history to show.")] = 0,
 ) -> None:
     """Start the platform on the embedded database with five simulated Shanxi sites."""
     from jinsuan.cli.demo import run_demo
 
     run_demo(port=port, interval=interval, refresh=refresh, jobs_every=jobs_every,
-             stop=threading.Event())
+             stop=threading.Event(), history_days=history_days)
