@@ -12,19 +12,24 @@ One site goes quiet before the end of the range (its agent stopped), so "stale" 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from conftest import fresh_database
 from fastapi.testclient import TestClient
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from collectors.rollup import run_rollups
 from jinsuan.auth import Role, create_key
 from jinsuan.cli.history import STEPS_PER_BATCH, post_report, simulated_batches
+from jinsuan.settings import Settings
 from jinsuan.sites import create_site
+from jinsuan.store import Database
 from tests.collectors_kit import Agent, Org, enrol, make_app
 
 
@@ -103,3 +108,28 @@ def fill(
                 assert answer.status_code == 200, answer.text
     run_rollups(db, settings, now=end + timedelta(hours=1))
     return SimulatedFleet(filled, start, end, step)
+
+
+@contextmanager
+def simulated_store(
+    pg_admin_url: str,
+    template_db: str,
+    data_dir: Path,
+    *,
+    start: datetime,
+    end: datetime,
+    step: timedelta = timedelta(minutes=5),
+    then: Callable[[psycopg.Connection, Database, SimulatedFleet], None] | None = None,
+) -> Iterator[tuple[str, SimulatedFleet]]:
+    """A fresh database filled by :func:`fill` (and ``then``); yields its URL; dropped after."""
+    with fresh_database(pg_admin_url, template_db) as url:
+        settings = Settings(database_url=url, data_dir=data_dir, run_background_jobs=False)
+        database = Database.open(settings)
+        try:
+            with database.pool.connection() as conn:
+                fleet = fill(conn, settings, database, start=start, end=end, step=step)
+                if then is not None:
+                    then(conn, database, fleet)
+        finally:
+            database.close()
+        yield url, fleet

@@ -3,7 +3,6 @@ the platform's intake (uvicorn on loopback) -> PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +18,8 @@ from agents.spool import Spool
 from agents.uploader import Outcome, Uploader
 from jinsuan.app import create_app
 from jinsuan.platform import Platform
+from tests.clocks import FixedClock
 from tests.collectors_kit import bearer, make_org
-
-
-class FixedClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        return event.is_set()
 
 
 @pytest.fixture

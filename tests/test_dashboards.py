@@ -25,7 +25,6 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from conftest import fresh_database
 from servers import running_prometheus
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
@@ -518,22 +517,14 @@ def simulated(
 ) -> Iterator[tuple[str, SimulatedFleet]]:
     """A database filled by simulated agents through the intake and rolled up, in which the
     scheduler has also run five hours of jobs (tests/scheduling_story.py)."""
-    from jinsuan.settings import Settings
-    from jinsuan.store import Database
+    def jobs_and_grafana_role(conn: psycopg.Connection, db: Any, _: SimulatedFleet) -> None:
+        play(Story(conn, db, SIM_END - timedelta(hours=6)))
+        conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
 
-    with fresh_database(pg_admin_url, template_db) as url:
-        settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("simulated"),
-                            run_background_jobs=False)
-        database = Database.open(settings)
-        try:
-            with database.pool.connection() as conn:
-                fleet = simulated_fleet.fill(conn, settings, database,
-                                             start=SIM_START, end=SIM_END)
-                play(Story(conn, database, SIM_END - timedelta(hours=6)))
-                conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
-        finally:
-            database.close()
-        yield url, fleet
+    with simulated_fleet.simulated_store(
+            pg_admin_url, template_db, tmp_path_factory.mktemp("simulated"), start=SIM_START,
+            end=SIM_END, then=jobs_and_grafana_role) as store:
+        yield store
 
 
 @pytest.fixture

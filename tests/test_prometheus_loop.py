@@ -7,7 +7,6 @@ stamped a day ahead, so the platform refuses it and both sides count the refusal
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,26 +24,11 @@ from agents.uploader import Outcome, Uploader
 from dashboards import grafana
 from jinsuan.app import create_app
 from jinsuan.platform import Platform
+from tests.clocks import FixedClock
 from tests.collectors_kit import bearer, make_org
 
 SITE = "taiyuan-loop"
 FLEET = {"NVIDIA H800": 8, "Ascend910B3": 4}
-
-
-class StepClock:
-    """The agent's clock, moved by the test: cycles are stamped where the test puts them."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        return event.is_set()
 
 
 @pytest.fixture
@@ -73,7 +57,7 @@ fleet = {{ "NVIDIA H800" = 8, "Ascend910B3" = 4 }}
         metrics = AgentMetrics(SITE)
         agent_port = free_port()
         exporter = serve(metrics, "127.0.0.1", agent_port)
-        clock = StepClock(time.time() - 60)
+        clock = FixedClock(time.time() - 60)
         try:
             with Spool(config.agent.state_dir / "spool.sqlite") as spool:
                 agent = Agent(config, identity, spool, start_probes(config), metrics=metrics,

@@ -20,7 +20,6 @@ import numpy as np
 import psycopg
 import pypdfium2 as pdfium
 import pytest
-from conftest import fresh_database
 from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
@@ -173,22 +172,13 @@ def add_jobs(conn: psycopg.Connection, site_ids: dict[str, int]) -> None:
 @pytest.fixture(scope="module")
 def store(pg_admin_url: str, template_db: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, int]]]:
-    from jinsuan.settings import Settings
-    from jinsuan.store import Database
+    def jobs(conn: psycopg.Connection, _db: object, fleet: simulated_fleet.SimulatedFleet) -> None:
+        add_jobs(conn, {name: site.id for name, site in fleet.sites.items()})
 
-    with fresh_database(pg_admin_url, template_db) as url:
-        settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("report"),
-                            run_background_jobs=False)
-        database = Database.open(settings)
-        try:
-            with database.pool.connection() as conn:
-                fleet = simulated_fleet.fill(conn, settings, database, start=FILL_START,
-                                             end=FILL_END, step=timedelta(minutes=10))
-                site_ids = {name: site.id for name, site in fleet.sites.items()}
-                add_jobs(conn, site_ids)
-        finally:
-            database.close()
-        yield url, site_ids
+    with simulated_fleet.simulated_store(
+            pg_admin_url, template_db, tmp_path_factory.mktemp("report"), start=FILL_START,
+            end=FILL_END, step=timedelta(minutes=10), then=jobs) as (url, fleet):
+        yield url, {name: site.id for name, site in fleet.sites.items()}
 
 
 def run_cli(url: str, out: Path, *args: str) -> str:
