@@ -7,19 +7,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from servers import serving
 
-from agents.config import load_config
 from agents.daemon import Agent, start_probes
-from agents.identity import enrol
 from agents.spool import Spool
 from agents.uploader import Outcome, Uploader
 from jinsuan.app import create_app
 from jinsuan.platform import Platform
 from tests.clocks import FixedClock
-from tests.collectors_kit import bearer, make_org
+from tests.site_agent import enrolled_simulated_agent
 
 
 @pytest.fixture
@@ -29,26 +26,9 @@ def platform_url(settings, db) -> Iterator[str]:
 
 
 def test_simulated_site_reports_reach_the_store_exactly_once(tmp_path: Path, conn, platform_url):
-    org = make_org(conn, "Shanxi Compute Co", "taiyuan-e2e", "Taiyuan")
-    made = httpx.post(f"{platform_url}/v1/sites/{org.site.id}/enrolment-tokens",
-                      headers=bearer(org.operator_key), timeout=10)
-    assert made.status_code == 201, made.text
-    identity = enrol(tmp_path / "state", platform_url, made.json()["token"])
-    config_path = tmp_path / "site.toml"
-    config_path.write_text(f"""
-[site]
-name = "taiyuan-e2e"
-
-[agent]
-platform_url = "{platform_url}"
-state_dir = "state"
-interval_s = 10
-
-[[probes.simulated]]
-seed = 3
-fleet = {{ "NVIDIA H800" = 8, "Ascend910B3" = 4 }}
-""", encoding="utf-8")
-    config = load_config(config_path)
+    config, identity = enrolled_simulated_agent(
+        conn, platform_url, tmp_path, site="taiyuan-e2e", city="Taiyuan",
+        enterprise="Shanxi Compute Co", seed=3, fleet={"NVIDIA H800": 8, "Ascend910B3": 4})
     start = time.time() - 60
     clock = FixedClock(start)
     with Spool(config.agent.state_dir / "spool.sqlite") as spool:
@@ -76,7 +56,7 @@ fleet = {{ "NVIDIA H800" = 8, "Ascend910B3" = 4 }}
     sent = sum(r.series for r in reports)  # one point per series per cycle
     stored = conn.execute(
         "SELECT count(*) FROM samples x JOIN series s ON s.id = x.series_id"
-        " WHERE s.site_id = %s", (org.site.id,)).fetchone()[0]
+        " WHERE s.site_id = %s", (identity.enrolment.site_id,)).fetchone()[0]
     assert stored == sent > 0
     assert conn.execute("SELECT last_seq FROM agents WHERE id = %s",
                         (identity.agent_id,)).fetchone()[0] == 3

@@ -15,17 +15,15 @@ import httpx
 import pytest
 from servers import free_port, running_prometheus, serving
 
-from agents.config import load_config
 from agents.daemon import Agent, start_probes
 from agents.exporter import AgentMetrics, serve
-from agents.identity import enrol
 from agents.spool import Spool
 from agents.uploader import Outcome, Uploader
 from dashboards import grafana
 from jinsuan.app import create_app
 from jinsuan.platform import Platform
 from tests.clocks import FixedClock
-from tests.collectors_kit import bearer, make_org
+from tests.site_agent import enrolled_simulated_agent
 
 SITE = "taiyuan-loop"
 FLEET = {"NVIDIA H800": 8, "Ascend910B3": 4}
@@ -35,25 +33,9 @@ FLEET = {"NVIDIA H800": 8, "Ascend910B3": 4}
 def scraped(tmp_path: Path, conn, settings, db) -> Iterator[str]:
     """The platform and an agent that has reported; Prometheus scraping both."""
     with serving(create_app(Platform(settings=settings, db=db))) as platform_url:
-        org = make_org(conn, "晋能智算", SITE, "太原")
-        made = httpx.post(f"{platform_url}/v1/sites/{org.site.id}/enrolment-tokens",
-                          headers=bearer(org.operator_key), timeout=10)
-        identity = enrol(tmp_path / "state", platform_url, made.json()["token"])
-        config_path = tmp_path / "site.toml"
-        config_path.write_text(f"""
-[site]
-name = "{SITE}"
-
-[agent]
-platform_url = "{platform_url}"
-state_dir = "state"
-interval_s = 10
-
-[[probes.simulated]]
-seed = 5
-fleet = {{ "NVIDIA H800" = 8, "Ascend910B3" = 4 }}
-""", encoding="utf-8")
-        config = load_config(config_path)
+        config, identity = enrolled_simulated_agent(
+            conn, platform_url, tmp_path, site=SITE, city="太原", enterprise="晋能智算", seed=5,
+            fleet=FLEET)
         metrics = AgentMetrics(SITE)
         agent_port = free_port()
         exporter = serve(metrics, "127.0.0.1", agent_port)
