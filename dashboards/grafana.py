@@ -32,11 +32,15 @@ class DashboardError(ValueError):
 
 @cache
 def load_all() -> dict[str, dict[str, Any]]:
-    """Every dashboard, by uid."""
-    out = {}
+    """Every dashboard, by uid; two files with one uid are refused, as Grafana refuses them."""
+    out: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
     for path in sorted(DASHBOARD_DIR.glob("*.json")):
         dashboard = json.loads(path.read_text(encoding="utf-8"))
-        out[dashboard["uid"]] = dashboard
+        uid = dashboard["uid"]
+        if uid in out:
+            raise DashboardError(f"{path.name} and {files[uid]} both have the uid {uid!r}")
+        out[uid], files[uid] = dashboard, path.name
     return out
 
 

@@ -10,9 +10,7 @@ registries built from the platform's and the agent's own metric code.
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -44,18 +42,6 @@ RANGE_TO = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 # --- loading -------------------------------------------------------------------------------
-
-def load_dashboards() -> dict[str, dict[str, Any]]:
-    """Every dashboard by file name (the package's loader keys them by uid)."""
-    return {
-        path.name: json.loads(path.read_text(encoding="utf-8"))
-        for path in sorted(DASHBOARDS.glob("*.json"))
-    }
-
-
-def by_uid(uid: str) -> dict[str, Any]:
-    return grafana.load(uid)
-
 
 def sql_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(where, sql)`` for every PostgreSQL target and variable query."""
@@ -147,15 +133,30 @@ def used_variables(text: str) -> set[str]:
 
 
 def test_the_four_bureau_dashboards_and_platform_operations_exist() -> None:
-    uids = [d["uid"] for d in load_dashboards().values()]
-    assert len(set(uids)) == len(uids), "two dashboards share a uid"
+    uids = list(grafana.load_all())  # refuses two files with one uid
+    assert len(uids) == len(list(DASHBOARDS.glob("*.json")))
     assert set(SQL_DASHBOARDS) | {"jinsuan-platform-operations"} <= set(uids)
     assert all(re.fullmatch(r"jinsuan-[a-z-]+", uid) for uid in uids), "uids are stable names"
 
 
-@pytest.mark.parametrize("name", sorted(load_dashboards()))
+def test_two_dashboards_with_one_uid_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text('{"uid": "jinsuan-same"}', encoding="utf-8")
+    monkeypatch.setattr(grafana, "DASHBOARD_DIR", tmp_path)
+    grafana.load_all.cache_clear()
+    try:
+        with pytest.raises(DashboardError, match=r"b\.json and a\.json both have the uid"):
+            grafana.load_all()
+    finally:
+        monkeypatch.undo()
+        grafana.load_all.cache_clear()
+
+
+@pytest.mark.parametrize("name", sorted(grafana.load_all()))
 def test_dashboard_structure(name: str) -> None:
-    dashboard = load_dashboards()[name]
+    dashboard = grafana.load(name)
     assert dashboard["schemaVersion"] >= 39
     assert dashboard["title"] and dashboard["editable"] is False
     ids = [panel["id"] for panel in all_panels(dashboard)]
@@ -195,7 +196,7 @@ def test_dashboard_structure(name: str) -> None:
 
 @pytest.mark.parametrize("uid", SQL_DASHBOARDS)
 def test_sql_dashboards_filter_by_city_enterprise_data_centre_and_site(uid: str) -> None:
-    dashboard = by_uid(uid)
+    dashboard = grafana.load(uid)
     names = [v["name"] for v in dashboard["templating"]["list"]]
     assert names[:4] == ["city", "enterprise", "data_centre", "site"]
     site = dashboard["templating"]["list"][3]
@@ -231,9 +232,9 @@ def test_averages_pue_detector() -> None:
     assert not averages_pue("SELECT sum(facility_kwh) / sum(it_kwh) AS pue, avg(coverage_it)")
 
 
-@pytest.mark.parametrize("name", sorted(load_dashboards()))
+@pytest.mark.parametrize("name", sorted(grafana.load_all()))
 def test_no_query_averages_pue(name: str) -> None:
-    dashboard = load_dashboards()[name]
+    dashboard = grafana.load(name)
     queries = [sql for _, sql in sql_queries(dashboard)]
     queries += [target["expr"] for _, target in prom_queries(dashboard)]
     assert queries
@@ -242,7 +243,7 @@ def test_no_query_averages_pue(name: str) -> None:
 
 
 def test_energy_dashboard_draws_the_measure_4_line() -> None:
-    panel = grafana.panel(by_uid("jinsuan-energy"), "PUE per data centre")
+    panel = grafana.panel(grafana.load("jinsuan-energy"), "PUE per data centre")
     defaults = panel["fieldConfig"]["defaults"]
     assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
     assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, 1.18]
@@ -372,11 +373,11 @@ def test_read_only_role_cannot_write(known: tuple[psycopg.Connection, Fleet]) ->
 
 
 def province() -> dict[str, Any]:
-    return by_uid("jinsuan-province-overview")
+    return grafana.load("jinsuan-province-overview")
 
 
 def energy() -> dict[str, Any]:
-    return by_uid("jinsuan-energy")
+    return grafana.load("jinsuan-energy")
 
 
 def _ratio(rows: list[dict[str, Any]]) -> Decimal:
@@ -698,12 +699,6 @@ def test_agent_lag_shows_the_backfill(
 
 
 # --- PromQL against a real Prometheus --------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _platform_registry() -> Any:
     from prometheus_client import CollectorRegistry

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
+from servers import free_port
 
 from agents.probes.redfish import RedfishConfig, RedfishProbe
 
@@ -156,12 +157,6 @@ def serve_extended_emulator() -> int:
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def write_config(directory: Path) -> Path:
     import bcrypt
