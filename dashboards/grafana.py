@@ -174,11 +174,6 @@ def resolve_variables(
             ]
             offers_all = variable.get("includeAll") or variable.get("multi")
             resolved[name] = listed_values if offers_all else listed_values[:1]
-        elif variable.get("type") == "custom":
-            resolved[name] = [o["value"] for o in variable.get("options", [])
-                              if o.get("value") != "$__all"]
-        elif variable.get("type") == "constant":
-            resolved[name] = [variable["query"]]
     return resolved
 
 

@@ -94,10 +94,14 @@ def fetch(conn: psycopg.Connection, month: Month,
     """Every panel the report draws, for ``month``; ``chosen`` as the dashboards' variables."""
     chosen = dict(chosen or {})
     _check_chosen(conn, month, chosen)
+    # Each dashboard's variables once, not again for every panel read from it.
+    resolved = {uid: grafana.resolve_variables(conn, grafana.load(uid), chosen,
+                                               start=month.start, end=month.last_instant)
+                for uid in (PROVINCE, ENERGY, SCHEDULING)}
 
     def rows(uid: str, title: str) -> Rows:
         return grafana.panel_rows(conn, uid, title, start=month.start, end=month.last_instant,
-                                  interval=INTERVAL, chosen=chosen)
+                                  interval=INTERVAL, chosen=resolved[uid])
 
     def one(uid: str, title: str) -> dict[str, Any]:
         found = rows(uid, title)
