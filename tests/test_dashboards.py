@@ -360,12 +360,6 @@ def known(conn: psycopg.Connection) -> Iterator[tuple[psycopg.Connection, Fleet]
         yield conn, fleet
 
 
-def run(conn: psycopg.Connection, sql: str) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        cur.execute(sql)
-        return cur.fetchall()
-
-
 def test_read_only_role_cannot_write(known: tuple[psycopg.Connection, Fleet]) -> None:
     conn, _ = known
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
@@ -394,7 +388,7 @@ def test_pue_over_the_range_is_a_ratio_of_energy_sums_per_data_centre(
 ) -> None:
     conn, fleet = known
     sql = panel_sql(energy(), "PUE per data centre over the range")
-    got = {r["data centre"]: r for r in run(conn, grafana_sql(sql, fleet.variables()))}
+    got = {r["data centre"]: r for r in grafana.rows(conn, grafana_sql(sql, fleet.variables()))}
     assert set(got) == {"太原一号", "大同一号"}
     for centre in got:
         rows = [r for r in fleet.rows if fleet.centre[r["site"]] == centre and _in_range(r)]
@@ -415,7 +409,7 @@ def test_pue_per_data_centre_by_day_is_a_ratio_per_bucket(
 ) -> None:
     conn, fleet = known
     sql = panel_sql(energy(), "PUE per data centre")
-    rows = run(conn, grafana_sql(sql, fleet.variables(["datong-1"]), interval="1d"))
+    rows = grafana.rows(conn, grafana_sql(sql, fleet.variables(["datong-1"]), interval="1d"))
     assert {r["metric"] for r in rows} == {"大同一号"}
     days = sorted({r["hour"].date() for r in fleet.rows if _in_range(r)})
     assert [datetime.fromtimestamp(float(r["time"]), UTC).date() for r in rows] == days
@@ -432,7 +426,8 @@ def test_year_to_date_table_uses_the_shanghai_year_and_flags_gaps(
     conn, fleet = known
     sql = panel_sql(energy(), "Data centres: PUE and data coverage, year to date")
     end = datetime(2026, 1, 2, 6, tzinfo=UTC)
-    got = {r["data centre"]: r for r in run(conn, grafana_sql(sql, fleet.variables(), end=end))}
+    rows = grafana.rows(conn, grafana_sql(sql, fleet.variables(), end=end))
+    got = {r["data centre"]: r for r in rows}
     year_start = datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai"))
     assert year_start.astimezone(UTC) == datetime(2025, 12, 31, 16, tzinfo=UTC)
     assert set(got) == set(fleet.centre.values())
@@ -465,7 +460,7 @@ def test_connected_pflops_by_city_is_time_weighted(
 ) -> None:
     conn, fleet = known
     sql = panel_sql(province(), "Connected FP16 PFlops by city")
-    rows = run(conn, grafana_sql(sql, fleet.variables(), interval="1d"))
+    rows = grafana.rows(conn, grafana_sql(sql, fleet.variables(), interval="1d"))
     assert {r["metric"] for r in rows} == {"太原", "大同"}
     for row in rows:
         day = datetime.fromtimestamp(float(row["time"]), UTC).date()
@@ -477,15 +472,15 @@ def test_connected_pflops_by_city_is_time_weighted(
 
 def test_latest_hour_and_domestic_share(known: tuple[psycopg.Connection, Fleet]) -> None:
     conn, fleet = known
-    (latest,) = run(conn, grafana_sql(panel_sql(province(), "Connected in the latest hour"),
-                                      fleet.variables()))
+    latest_sql = panel_sql(province(), "Connected in the latest hour")
+    (latest,) = grafana.rows(conn, grafana_sql(latest_sql, fleet.variables()))
     last = max(r["hour"] for r in fleet.rows if _in_range(r))
     at_last = [r for r in fleet.rows if r["hour"] == last]
     assert latest["sites"] == 3
     assert latest["accelerators"] == sum(r["accelerators"] for r in at_last)
     assert latest["FP16 PFlops"] == pytest.approx(sum(r["fp16_pflops"] for r in at_last))
 
-    (share,) = run(conn, grafana_sql(panel_sql(province(), "Domestic (信创) accelerators"),
+    (share,) = grafana.rows(conn, grafana_sql(panel_sql(province(), "Domestic (信创) accelerators"),
                                      fleet.variables()))
     total = sum(a[5] for a in fleet.accelerators)
     domestic = sum(a[5] for a in fleet.accelerators if a[3])
@@ -499,10 +494,10 @@ def test_site_variable_follows_the_city(known: tuple[psycopg.Connection, Fleet])
     conn, fleet = known
     (site_variable,) = [v for v in province()["templating"]["list"] if v["name"] == "site"]
     variables = {**fleet.variables(), "city": ["大同"]}
-    rows = run(conn, grafana_sql(site_variable["query"], variables))
+    rows = grafana.rows(conn, grafana_sql(site_variable["query"], variables))
     assert [(r["__text"], r["__value"]) for r in rows] == [("datong-1", fleet.sites["datong-1"])]
     variables = {**fleet.variables(), "data_centre": ["太原一号"]}
-    rows = run(conn, grafana_sql(site_variable["query"], variables))
+    rows = grafana.rows(conn, grafana_sql(site_variable["query"], variables))
     assert [r["__text"] for r in rows] == ["taiyuan-1", "taiyuan-2"]
 
 
