@@ -480,8 +480,8 @@ def test_latest_hour_and_domestic_share(known: tuple[psycopg.Connection, Fleet])
     assert latest["accelerators"] == sum(r["accelerators"] for r in at_last)
     assert latest["FP16 PFlops"] == pytest.approx(sum(r["fp16_pflops"] for r in at_last))
 
-    (share,) = grafana.rows(conn, grafana_sql(panel_sql(province(), "Domestic (信创) accelerators"),
-                                     fleet.variables()))
+    share_sql = panel_sql(province(), "Domestic (信创) accelerators")
+    (share,) = grafana.rows(conn, grafana_sql(share_sql, fleet.variables()))
     total = sum(a[5] for a in fleet.accelerators)
     domestic = sum(a[5] for a in fleet.accelerators if a[3])
     assert share["domestic share of accelerators"] == pytest.approx(domestic / total)
