@@ -65,7 +65,7 @@ def create_site(
         row = conn.execute(
             "INSERT INTO sites (enterprise_id, name, city, in_province, data_centre)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
-            (ent, name, city, in_province, data_centre or name),
+            (ent, name, city, in_province, data_centre),
         ).fetchone()
     if row is None:
         raise Conflict(f"a site named {name!r} already exists", field="name")
