@@ -1,7 +1,7 @@
 """What runs at a site: the agent daemon, its probes, its durable spool and its uploader.
 
 Nothing here imports the platform's server side; the agent talks to the platform only through
-``jinsuan.wire`` and HTTP.
+``jinsuan.contract.wire`` and HTTP.
 
 ``import httpx`` also imports httpx's own command-line client whenever rich, click and pygments
 are installed (they are: jinsuan's CLI needs rich and click). The agent never runs that client,

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.probe import Probe
-from jinsuan.wire import Ident
+from jinsuan.contract.wire import Ident
 
 # kind -> (config model, probe class), each "module:attribute".
 PROBE_KINDS: dict[str, tuple[str, str]] = {

@@ -53,8 +53,8 @@ from agents.identity import Identity, IdentityError, load_identity
 from agents.probe import Point, Probe, Reading
 from agents.spool import Spool, SpoolFull
 from agents.uploader import Backoff, Uploader, seal
-from jinsuan.metrics import CATALOGUE
-from jinsuan.wire import AcceleratorInfo, Batch, Ident, Inventory, MeterInfo, Series
+from jinsuan.contract.metrics import CATALOGUE
+from jinsuan.contract.wire import AcceleratorInfo, Batch, Ident, Inventory, MeterInfo, Series
 
 log = logging.getLogger("jinsuan.agent")
 

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jinsuan.metrics import CATALOGUE, Kind, Scope
-from jinsuan.wire import Inventory
+from jinsuan.contract.metrics import CATALOGUE, Kind, Scope
+from jinsuan.contract.wire import Inventory
 
 PREFIX = "jinsuan_"
 _LABELS: dict[Scope, tuple[str, ...]] = {

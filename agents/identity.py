@@ -27,8 +27,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from jinsuan import signing
-from jinsuan.wire import EnrolRequest, EnrolResponse, ErrorResponse
+from jinsuan.contract import signing
+from jinsuan.contract.wire import EnrolRequest, EnrolResponse, ErrorResponse
 
 KEY_FILE = "agent.key"
 IDENTITY_FILE = "identity.json"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from jinsuan.wire import AcceleratorInfo, MeterInfo
+from jinsuan.contract.wire import AcceleratorInfo, MeterInfo
 
 
 class ProbeUnavailable(RuntimeError):
@@ -25,7 +25,10 @@ class ProbeUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One value of one series at the cycle's time: ``metric`` is a name from jinsuan.metrics."""
+    """One value of one series at the cycle's time.
+
+    ``metric`` is a name from ``jinsuan.contract.metrics``.
+    """
 
     metric: str
     device: str

@@ -46,8 +46,9 @@ from agents.clock import Clock, SystemClock
 from agents.exporter import AgentMetrics
 from agents.identity import describe_error
 from agents.spool import Spool, SpooledBatch, SpoolError
-from jinsuan import __version__, signing
-from jinsuan.wire import AGENT_HEADER, SIGNATURE_HEADER, ReportAck
+from jinsuan import __version__
+from jinsuan.contract import signing
+from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, ReportAck
 
 log = logging.getLogger("jinsuan.agent.uploader")
 

@@ -59,8 +59,9 @@ from agents.executors import (
 )
 from agents.identity import describe_error
 from agents.uploader import Backoff
-from jinsuan import __version__, signing
-from jinsuan.leasewire import (
+from jinsuan import __version__
+from jinsuan.contract import signing
+from jinsuan.contract.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
     SIGNATURE_HEADER,

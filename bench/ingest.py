@@ -48,11 +48,8 @@ import psycopg
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from collectors.validation import Samples
 from collectors.writer import COPY_SAMPLES, encode_samples
-from jinsuan import signing
-from jinsuan.settings import Settings
-from jinsuan.sites import create_enrolment_token, create_site
-from jinsuan.store import Database
-from jinsuan.wire import (
+from jinsuan.contract import signing
+from jinsuan.contract.wire import (
     AGENT_HEADER,
     SIGNATURE_HEADER,
     Batch,
@@ -61,6 +58,9 @@ from jinsuan.wire import (
     Inventory,
     Series,
 )
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.sites import create_enrolment_token, create_site
+from jinsuan.kernel.store import Database
 
 ADMIN_URL = os.environ.get("JINSUAN_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -54,11 +54,11 @@ from decimal import Decimal
 import httpx
 import psycopg
 
-from jinsuan.auth import Role, create_key
-from jinsuan.leasewire import AGENT_HEADER, LEASES_PATH, SIGNATURE_HEADER, LeaseRequest
-from jinsuan.settings import Settings
-from jinsuan.signing import new_private_key, private_key_bytes, public_key_b64, sign
-from jinsuan.store import Database
+from jinsuan.contract.leasewire import AGENT_HEADER, LEASES_PATH, SIGNATURE_HEADER, LeaseRequest
+from jinsuan.contract.signing import new_private_key, private_key_bytes, public_key_b64, sign
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.store import Database
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import run_cycle
 from scheduler.jobs import new_job_id
@@ -202,9 +202,9 @@ def _free_port() -> int:
 _SERVE = """
 import uvicorn
 from jinsuan.app import create_app
-from jinsuan.platform import Platform
-from jinsuan.settings import Settings
-from jinsuan.store import Database
+from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.store import Database
 settings = Settings()
 uvicorn.run(create_app(Platform(settings=settings, db=Database.open(settings))),
             host="127.0.0.1", port=settings.port, log_level="warning")
@@ -266,7 +266,7 @@ def _poll_agents(port: int, agents: list[tuple[str, bytes]], wait_s: float, ever
     """One process, a thread per agent: each asks for work (signed, like a real one), holding
     the request up to ``wait_s`` (long poll), and asks again as soon as it has its answer but no
     sooner than ``every`` seconds after it last asked."""
-    from jinsuan.signing import private_key_from_bytes
+    from jinsuan.contract.signing import private_key_from_bytes
 
     def loop(agent_id: str, raw: bytes) -> None:
         key = private_key_from_bytes(raw)

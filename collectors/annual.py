@@ -8,19 +8,17 @@ hours had gaps in their meter data, so a figure resting on thin data is visible 
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from jinsuan.auth import Principal, Role
-from jinsuan.deps import ConnDep, allow
-from jinsuan.sites import visible_enterprise
+from jinsuan.contract.policytime import hours_in, year_bounds
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.deps import ConnDep, allow
+from jinsuan.kernel.sites import visible_enterprise
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 FULL_COVERAGE = 0.95  # an hour with less meter coverage than this counts as having gaps
 
 Readers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
@@ -39,11 +37,6 @@ class AnnualPue(BaseModel):
     hours_in_year: int
     hours_measured: int  # hours with both energies measured
     hours_with_gaps: int  # measured hours whose meter coverage was below FULL_COVERAGE
-
-
-def year_bounds(year: int) -> tuple[datetime, datetime]:
-    """The Asia/Shanghai calendar year as an aware [start, end) pair."""
-    return (datetime(year, 1, 1, tzinfo=SHANGHAI), datetime(year + 1, 1, 1, tzinfo=SHANGHAI))
 
 
 def router() -> APIRouter:
@@ -78,7 +71,7 @@ def router() -> APIRouter:
             {"start": start, "end": end, "full": FULL_COVERAGE,
              "ent": visible_enterprise(principal)},
         ).fetchall()
-        hours = int((end - start).total_seconds() // 3600)
+        hours = hours_in(start, end)
         return [
             AnnualPue(site_id=r[0], site=r[1], city=r[2], enterprise=r[3], year=year, pue=r[4],
                       it_kwh=r[5], facility_kwh=r[6], it_metered_at=list(r[7]),

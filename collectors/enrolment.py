@@ -1,7 +1,7 @@
 """Enrolment routes: an operator makes a one-time token for a site; an agent spends it.
 
 The token is the agent's only credential until its public key is recorded, so the enrol route
-is public and authenticated by the token itself (see ``jinsuan.sites.enrol_agent``).
+is public and authenticated by the token itself (see ``jinsuan.kernel.sites.enrol_agent``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
-from jinsuan.auth import Principal, Role
-from jinsuan.deps import ConnDep, allow, public
-from jinsuan.sites import check_manages, create_enrolment_token, enrol_agent, get_site
-from jinsuan.wire import EnrolRequest, EnrolResponse
+from jinsuan.contract.wire import EnrolRequest, EnrolResponse
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.deps import ConnDep, allow, public
+from jinsuan.kernel.sites import check_manages, create_enrolment_token, enrol_agent, get_site
 
 
 class TokenRequest(BaseModel):

@@ -17,8 +17,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from collectors.state import SiteState, site_states
-from jinsuan.deps import PlatformDep, public
-from jinsuan.store import Database
+from jinsuan.kernel.deps import PlatformDep, public
+from jinsuan.kernel.store import Database
 
 
 class IngestMetrics:

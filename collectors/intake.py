@@ -40,12 +40,9 @@ from starlette.concurrency import run_in_threadpool
 from collectors.exposition import IngestMetrics
 from collectors.validation import Limits, Samples, checked_samples, first_problem
 from collectors.writer import Writer
-from jinsuan.deps import public
-from jinsuan.errors import Forbidden, Invalid, JinsuanError, TooLarge, Unauthenticated
-from jinsuan.metrics import CATALOGUE, Kind
-from jinsuan.platform import Platform
-from jinsuan.signing import BadKey, load_public_key, verify
-from jinsuan.wire import (
+from jinsuan.contract.metrics import CATALOGUE, Kind
+from jinsuan.contract.signing import BadKey, load_public_key, verify
+from jinsuan.contract.wire import (
     AGENT_HEADER,
     SIGNATURE_HEADER,
     Batch,
@@ -53,6 +50,9 @@ from jinsuan.wire import (
     ErrorResponse,
     ReportAck,
 )
+from jinsuan.kernel.deps import public
+from jinsuan.kernel.errors import Forbidden, Invalid, JinsuanError, TooLarge, Unauthenticated
+from jinsuan.kernel.platform import Platform
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def router(intake: Intake) -> APIRouter:
         responses={401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 503: {}},
     )
     async def post_report(request: Request) -> ReportAck | JSONResponse:
-        """Store one signed batch of samples from a site agent (see ``jinsuan.wire.Batch``)."""
+        """Store one signed batch of samples from a site agent (``jinsuan.contract.wire.Batch``)."""
         started = time.perf_counter()
         try:
             raw = await read_body(request, intake.settings.max_body_bytes)

@@ -2,7 +2,7 @@
 
 Every platform process runs them; the rollup takes a PostgreSQL advisory lock so that only
 one process computes at a time (the others skip that tick), and partition upkeep is
-idempotent and serialised by its own lock in :mod:`jinsuan.store.partitions`.
+idempotent and serialised by its own lock in :mod:`jinsuan.kernel.store.partitions`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from collectors.rollup import run_rollups
-from jinsuan.platform import Platform
-from jinsuan.store import Database
+from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from psycopg.rows import class_row
 from pydantic import AwareDatetime, BaseModel
 
 from collectors.state import SiteState, site_states
-from jinsuan.auth import Principal, Role
-from jinsuan.deps import ConnDep, allow
-from jinsuan.errors import Forbidden, Invalid
-from jinsuan.sites import Site, get_site, visible_enterprise
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.deps import ConnDep, allow
+from jinsuan.kernel.errors import Forbidden, Invalid
+from jinsuan.kernel.sites import Site, get_site, visible_enterprise
 
 MAX_RANGE = timedelta(days=366)
 

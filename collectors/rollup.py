@@ -46,8 +46,8 @@ from collectors.energy import (
     pue,
     time_weighted_mean,
 )
-from jinsuan.settings import Settings
-from jinsuan.store import Database
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from collectors import annual, enrolment, exposition, intake, readapi
-from jinsuan.platform import Platform
+from jinsuan.kernel.platform import Platform
 
 
 def routers(platform: Platform) -> list[APIRouter]:

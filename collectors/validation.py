@@ -6,7 +6,7 @@ a valid batch costs a few passes over its points and no per-point Python bytecod
 
 Rules, in the order they are checked for each series:
 
-- the metric is in the catalogue (``jinsuan.metrics``);
+- the metric is in the catalogue (``jinsuan.contract.metrics``);
 - the device fits the metric's scope: ``"site"`` for site-wide metrics, an accelerator UUID or
   a meter id listed in the same batch's inventory otherwise (so every figure can be traced to
   the hardware that produced it);
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, islice, repeat
 from operator import itemgetter
 
-from jinsuan.errors import Invalid
-from jinsuan.metrics import CATALOGUE, Metric, Scope
-from jinsuan.wire import Batch, Inventory, Series
+from jinsuan.contract.metrics import CATALOGUE, Metric, Scope
+from jinsuan.contract.wire import Batch, Inventory, Series
+from jinsuan.kernel.errors import Invalid
 
 SITE_DEVICE = "site"
 

@@ -29,10 +29,10 @@ from typing import Literal, cast
 import psycopg
 
 from collectors.validation import Samples
-from jinsuan.accelerators import fp16_peak
-from jinsuan.errors import Unauthenticated
-from jinsuan.store import Database
-from jinsuan.wire import Batch, Inventory
+from jinsuan.contract.accelerators import fp16_peak
+from jinsuan.contract.wire import Batch, Inventory
+from jinsuan.kernel.errors import Unauthenticated
+from jinsuan.kernel.store import Database
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from jinsuan import __version__
-from jinsuan.auth import KeyCache
-from jinsuan.errors import (
+from jinsuan.kernel.auth import KeyCache
+from jinsuan.kernel.errors import (
     Conflict,
     Forbidden,
     Invalid,
@@ -20,7 +20,7 @@ from jinsuan.errors import (
     TooLarge,
     Unauthenticated,
 )
-from jinsuan.platform import Platform
+from jinsuan.kernel.platform import Platform
 
 _STATUS: dict[type[JinsuanError], int] = {
     Invalid: 422,
@@ -75,7 +75,7 @@ def create_app(platform: Platform) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
-    app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.auth.KEY_CACHE_TTL_S
+    app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.kernel.auth.KEY_CACHE_TTL_S
 
     @app.exception_handler(JinsuanError)
     async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:

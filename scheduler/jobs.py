@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel
 
-from jinsuan.errors import Conflict, NotFound
+from jinsuan.kernel.errors import Conflict, NotFound
 from scheduler.config import SchedulerConfig
 from scheduler.spec import JobSpec
 from scheduler.states import JobState, RunState, transition

@@ -1,4 +1,4 @@
-"""The platform side of the lease protocol (``jinsuan.leasewire``).
+"""The platform side of the lease protocol (``jinsuan.contract.leasewire``).
 
 A lease request renews the runs the agent holds, hands it runs placed on its site up to its free
 slots, and tells it which held runs to stop. A run event moves a run (and its job) forward, only
@@ -12,9 +12,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from jinsuan.agentauth import SignedBy
-from jinsuan.errors import Conflict, NotFound
-from jinsuan.leasewire import (
+from jinsuan.contract.leasewire import (
     EVENT_STATUS_DUPLICATE,
     EVENT_STATUS_RECORDED,
     STALE_LEASE_CODE,
@@ -26,6 +24,8 @@ from jinsuan.leasewire import (
     RunEvent,
     RunEventState,
 )
+from jinsuan.kernel.agentauth import SignedBy
+from jinsuan.kernel.errors import Conflict, NotFound
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import expire_run
 from scheduler.jobs import move_job, move_run, requeue_or_fail

@@ -1,5 +1,5 @@
 """The scheduler's HTTP routes: jobs for dispatchers, site scheduling for operators, and the
-agent-signed lease endpoints (``jinsuan.leasewire``)."""
+agent-signed lease endpoints (``jinsuan.contract.leasewire``)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from jinsuan.agentauth import SignedBy, verify_agent_request
-from jinsuan.auth import Principal, Role
-from jinsuan.deps import ConnDep, allow, public
-from jinsuan.errors import Forbidden, Invalid
-from jinsuan.leasewire import (
+from jinsuan.contract.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
     MAX_LEASE_WAIT_S,
@@ -31,8 +27,13 @@ from jinsuan.leasewire import (
     LeaseRequest,
     RunEvent,
 )
-from jinsuan.platform import Platform
-from jinsuan.sites import check_manages, get_site
+from jinsuan.contract.money import is_fen
+from jinsuan.kernel.agentauth import SignedBy, verify_agent_request
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.deps import ConnDep, allow, public
+from jinsuan.kernel.errors import Forbidden, Invalid
+from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.sites import check_manages, get_site
 from scheduler.jobs import (
     JobDetail,
     JobSummary,
@@ -171,7 +172,7 @@ def sites_router() -> APIRouter:
         """Set the site's executor and its prices (the prices given replace all others)."""
         check_manages(principal, get_site(conn, site_id))
         for model, price in body.prices.items():
-            if price < 0 or price != price.quantize(Decimal("0.01")):
+            if price < 0 or not is_fen(price):
                 raise Invalid(f"price {price} must be ≥ 0 and in whole fen",
                               field=f"prices.{model}")
         with conn.transaction():
@@ -201,8 +202,8 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
     @api.post(LEASES_PATH, response_model=LeaseReply, dependencies=[public(_SIGNED)],
               responses={401: {}, 409: {}, 422: {}})
     async def lease(request: Request) -> Response:
-        """An agent's lease request and heartbeat (``jinsuan.leasewire.LeaseRequest``); held
-        up to ``wait_s`` while there is nothing new for the agent (long poll)."""
+        """An agent's lease request and heartbeat (``leasewire.LeaseRequest``); held up to
+        ``wait_s`` while there is nothing new for the agent (long poll)."""
         body = await _body(request, _MAX_LEASE_BODY)
         agent, req, seen, reply = await anyio.to_thread.run_sync(
             _lease, platform, service, request.headers, body, limiter=answering)

@@ -12,9 +12,9 @@ from decimal import Decimal
 
 import psycopg
 
-from jinsuan.signing import new_private_key, public_key_b64
-from jinsuan.sites import ensure_enterprise
-from jinsuan.store.partitions import Partitions
+from jinsuan.contract.signing import new_private_key, public_key_b64
+from jinsuan.kernel.sites import ensure_enterprise
+from jinsuan.kernel.store.partitions import Partitions
 
 
 @dataclass(frozen=True, slots=True)

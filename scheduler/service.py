@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime
 
-from jinsuan.platform import Platform
+from jinsuan.kernel.platform import Platform
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import CycleResult, run_cycle
 from scheduler.snapshot import InventoryCache

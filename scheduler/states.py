@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-from jinsuan.errors import Conflict
+from jinsuan.kernel.errors import Conflict
 
 
 class JobState(enum.StrEnum):

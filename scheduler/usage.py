@@ -23,9 +23,9 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import psycopg
 
-from jinsuan.errors import Invalid, NotFound
+from jinsuan.contract.money import is_fen, to_fen
+from jinsuan.kernel.errors import Invalid, NotFound
 
-FEN = Decimal("0.01")
 MICRO = Decimal("0.000001")
 _JOULES_PER_KWH = Decimal(3_600_000)
 
@@ -55,7 +55,7 @@ def compute_usage(accelerators: int, start: datetime, end: datetime, *,
     if pool_joules is not None and pool_size > 0:
         share = Decimal(accelerators) / Decimal(pool_size)
         energy = (pool_joules / _JOULES_PER_KWH * share).quantize(MICRO, ROUND_HALF_UP)
-    cost = (acc_hours * price).quantize(FEN, ROUND_HALF_UP)
+    cost = to_fen(acc_hours * price)
     return Usage(acc_hours, pflop_hours, energy, cost)
 
 
@@ -121,7 +121,7 @@ def record_adjustment(conn: psycopg.Connection, original_id: int, *, reason: str
     """Correct a record by adding one that carries the differences; return its id."""
     if not reason.strip():
         raise Invalid("an adjustment needs a reason", field="reason")
-    if cost_yuan != cost_yuan.quantize(FEN):
+    if not is_fen(cost_yuan):
         raise Invalid(f"cost {cost_yuan} is not a whole number of fen", field="cost_yuan")
     row = conn.execute(
         "INSERT INTO usage_records (run_id, job_id, tenant, project, site_id, model,"

@@ -14,9 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
-from jinsuan.auth import Principal, Role
-from jinsuan.deps import ConnDep, allow
-from jinsuan.errors import Invalid
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.deps import ConnDep, allow
+from jinsuan.kernel.errors import Invalid
 
 UsageReaders = Annotated[
     Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.ADMIN)

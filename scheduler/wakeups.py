@@ -1,4 +1,4 @@
-"""Wake held lease requests when runs are placed at their site (``jinsuan.leasewire``'s long poll).
+"""Wake held lease requests when runs are placed at their site (the lease protocol's long poll).
 
 A placement cycle that commits runs sends ``NOTIFY jinsuan_placed`` with the sites it placed on,
 inside its transaction, so PostgreSQL delivers it at commit and to every platform process: an

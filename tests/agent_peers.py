@@ -29,8 +29,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.probe import Point, Reading
-from jinsuan import signing
-from jinsuan.wire import AGENT_HEADER, SIGNATURE_HEADER, AcceleratorInfo, Batch
+from jinsuan.contract import signing
+from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, AcceleratorInfo, Batch
 
 # -- receiver --------------------------------------------------------------------------------
 

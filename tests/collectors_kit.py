@@ -19,11 +19,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from jinsuan.app import create_app
-from jinsuan.auth import Role, create_key
-from jinsuan.platform import Platform
-from jinsuan.signing import new_private_key, public_key_b64, sign
-from jinsuan.sites import Site, create_site
-from jinsuan.wire import (
+from jinsuan.contract.signing import new_private_key, public_key_b64, sign
+from jinsuan.contract.wire import (
     AGENT_HEADER,
     SIGNATURE_HEADER,
     AcceleratorInfo,
@@ -33,6 +30,9 @@ from jinsuan.wire import (
     MeterRole,
     Series,
 )
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.sites import Site, create_site
 
 
 def make_app(settings: Any, db: Any) -> tuple[FastAPI, Platform]:

@@ -34,7 +34,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     except psycopg.OperationalError:
         pass
-    from jinsuan.store import embedded
+    from jinsuan.kernel.store import embedded
 
     url, server = embedded.start(tmp_path_factory.mktemp("pg"))
     try:
@@ -45,7 +45,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> Iterator[str]:
-    from jinsuan.store.migrate import migrate
+    from jinsuan.kernel.store.migrate import migrate
 
     name = f"jinsuan_tpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
@@ -81,14 +81,14 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path):
-    from jinsuan.settings import Settings
+    from jinsuan.kernel.settings import Settings
 
     return Settings(database_url=database_url, data_dir=tmp_path, run_background_jobs=False)
 
 
 @pytest.fixture
 def db(settings):
-    from jinsuan.store import Database
+    from jinsuan.kernel.store import Database
 
     database = Database.open(settings)
     try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from agents.executors import Executor, RunStatus
-from jinsuan.leasewire import Lease, Payload
+from jinsuan.contract.leasewire import Lease, Payload
 
 T = TypeVar("T")
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg
 
-from jinsuan.agentauth import SignedBy
-from jinsuan.leasewire import HeldRun, LeaseRequest, RunEvent
-from jinsuan.store import Database
+from jinsuan.contract.leasewire import HeldRun, LeaseRequest, RunEvent
+from jinsuan.kernel.agentauth import SignedBy
+from jinsuan.kernel.store import Database
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import run_cycle
 from scheduler.jobs import cancel_job, submit_job

@@ -3,7 +3,7 @@
 Each site is enrolled through the API with its own key pair, as a site's agent is; its
 ``SimulatedSite`` is read at every step of the range, and the readings go to ``/v1/reports`` as
 signed, gzip-compressed batches of several steps each, built as ``jinsuan demo --history-days``
-builds them (``jinsuan.cli.history``). The hourly rollups are then run as the
+builds them (``jinsuan.demo.history``). The hourly rollups are then run as the
 platform runs them. Nothing here writes a telemetry table directly, so a dashboard query checked
 against this store is checked against what the platform really stores.
 
@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from collectors.rollup import run_rollups
-from jinsuan.auth import Role, create_key
-from jinsuan.cli.history import STEPS_PER_BATCH, post_report, simulated_batches
-from jinsuan.settings import Settings
-from jinsuan.sites import create_site
-from jinsuan.store import Database
+from jinsuan.demo.history import STEPS_PER_BATCH, post_report, simulated_batches
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.sites import create_site
+from jinsuan.kernel.store import Database
 from tests.collectors_kit import Agent, Org, enrol, make_app
 
 

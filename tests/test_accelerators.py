@@ -1,4 +1,4 @@
-"""The FP16 peak table, name matching and the SM-count estimate (jinsuan.accelerators)."""
+"""The FP16 peak table, name matching and the SM-count estimate (jinsuan.contract.accelerators)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jinsuan import accelerators
-from jinsuan.accelerators import (
+from jinsuan.contract import accelerators
+from jinsuan.contract.accelerators import (
     MODELS,
     ModelSpec,
     estimate_fp16_tflops,

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from jinsuan.deps import access_declaration
+from jinsuan.kernel.deps import access_declaration
 
 
 def _api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:

@@ -28,8 +28,8 @@ from agents.identity import Enrolment, Identity
 from agents.probe import Point, Reading
 from agents.spool import Spool
 from agents.uploader import unseal
-from jinsuan import signing
-from jinsuan.wire import AcceleratorInfo, Batch, MeterInfo, MeterRole
+from jinsuan.contract import signing
+from jinsuan.contract.wire import AcceleratorInfo, Batch, MeterInfo, MeterRole
 from tests.agent_peers import TEST_KINDS
 
 CONFIG = """

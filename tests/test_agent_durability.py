@@ -36,7 +36,7 @@ import pytest
 from agents.identity import enrol, load_identity
 from agents.spool import Spool
 from agents.uploader import seal, unseal
-from jinsuan.wire import Batch
+from jinsuan.contract.wire import Batch
 from tests.agent_peers import JournalBatch, Receiver, Rule, journal_reads, power_at, summarize
 
 pytestmark = pytest.mark.slow

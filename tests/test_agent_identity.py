@@ -16,7 +16,7 @@ from agents.identity import (
     enrol,
     load_identity,
 )
-from jinsuan import signing
+from jinsuan.contract import signing
 from tests.agent_peers import Receiver
 
 TOKEN = "jse_" + "t" * 32

@@ -14,7 +14,7 @@ from agents.daemon import Agent, start_probes
 from agents.spool import Spool
 from agents.uploader import Outcome, Uploader
 from jinsuan.app import create_app
-from jinsuan.platform import Platform
+from jinsuan.kernel.platform import Platform
 from tests.clocks import FixedClock
 from tests.site_agent import enrolled_simulated_agent
 

@@ -9,7 +9,7 @@ import pytest
 from collectors_kit import bearer, make_app, make_org
 from fastapi.testclient import TestClient
 
-from jinsuan.auth import Role, create_key
+from jinsuan.kernel.auth import Role, create_key
 
 
 def _hour(conn, site_id: int, hour: datetime, it, facility, coverage: float = 1.0) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from typer.testing import CliRunner
 
-from jinsuan.auth import Role, authenticate
 from jinsuan.cli import app
+from jinsuan.kernel.auth import Role, authenticate
 
 runner = CliRunner()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pkgutil
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,11 +42,34 @@ def test_agent_modules_import_without_the_server_extra():
         " 'pgserver', 'apscheduler', 'pydantic_settings'}:\n"
         "            raise ImportError(f'{name} is a server dependency')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import importlib, pkgutil, agents\n"
-        "for m in pkgutil.walk_packages(agents.__path__, 'agents.'):\n"
-        "    importlib.import_module(m.name)\n"
+        "import importlib, pkgutil, agents, jinsuan.contract\n"
+        "for pkg in (agents, jinsuan.contract):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
         "import jinsuan.cli.agent\n"
     )
     result = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _import_linter() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+
+
+def test_every_module_of_jinsuan_lies_in_a_layer():
+    """A module added straight under ``jinsuan/`` would escape the layers contract: refuse it."""
+    (layers,) = [c["layers"] for c in _import_linter()["contracts"] if c["type"] == "layers"]
+    named = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    import jinsuan
+
+    outside = [f"jinsuan.{m.name}" for m in pkgutil.iter_modules(jinsuan.__path__)
+               if f"jinsuan.{m.name}" not in named]
+    assert outside == [], f"put these in a layer of pyproject.toml's contract: {outside}"
+
+
+def test_every_package_is_a_root_of_the_contracts():
+    """A new top-level package (a room) is covered by the contracts only once it is named."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packaged = {p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packaged == set(_import_linter()["root_packages"])

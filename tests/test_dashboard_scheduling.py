@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from dashboards import grafana
-from jinsuan.store import Database
+from jinsuan.kernel.store import Database
 from tests.scheduling_story import (
     ADJUSTMENT,
     CITY,

@@ -734,8 +734,8 @@ AGENT_SITE = "site-1"
 
 def _agent_registry() -> Any:
     from agents.exporter import AgentMetrics
-    from jinsuan.metrics import CATALOGUE, Scope
-    from jinsuan.wire import AcceleratorInfo, Inventory, MeterInfo
+    from jinsuan.contract.metrics import CATALOGUE, Scope
+    from jinsuan.contract.wire import AcceleratorInfo, Inventory, MeterInfo
 
     metrics = AgentMetrics(AGENT_SITE)
     inventory = Inventory(

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from servers import free_port
 
-from jinsuan.cli.demo import SITES, run_demo
+from jinsuan.demo.run import SITES, run_demo
 
 
 def _wait_for(what: str, check, timeout_s: float = 90.0) -> None:

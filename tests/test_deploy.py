@@ -62,8 +62,8 @@ def check_command(argv: list[str]) -> str | None:
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable ``jinsuan.settings.Settings`` reads."""
-    from jinsuan.settings import Settings
+    """Every environment variable ``jinsuan.kernel.settings.Settings`` reads."""
+    from jinsuan.kernel.settings import Settings
 
     names = {"DATABASE_URL"}
     for name, field in Settings.model_fields.items():
@@ -199,7 +199,7 @@ def test_platform_env_example_holds_only_real_settings() -> None:
             env[key] = value
     assert "DATABASE_URL" in env
     check_settings(env, "platform.env.example")
-    from jinsuan.settings import Settings
+    from jinsuan.kernel.settings import Settings
 
     settings = Settings(**{k.removeprefix("JINSUAN_").lower(): v for k, v in env.items()
                            if k.startswith("JINSUAN_")}, database_url=env["DATABASE_URL"])

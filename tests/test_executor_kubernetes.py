@@ -25,7 +25,7 @@ from executor_kit import make_lease
 
 from agents.executors import ExecutorError, RunPhase, StartError, build_executor
 from agents.executors.kubernetes import KubernetesExecutor, job_name, label_value
-from jinsuan.leasewire import LOG_TAIL_MAX_BYTES
+from jinsuan.contract.leasewire import LOG_TAIL_MAX_BYTES
 
 DEVICE_PLUGINS = frozenset({"nvidia.com/gpu", "huawei.com/Ascend910"})
 STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})

@@ -19,10 +19,11 @@ from agents.executors import (
     StartError,
     UnknownExecutor,
     build_executor,
+    run_environment,
 )
 from agents.executors.process import ProcessConfig, ProcessExecutor, run_ref
 from agents.executors.supervise import proc_start_ticks
-from jinsuan.leasewire import LOG_TAIL_MAX_BYTES
+from jinsuan.contract.leasewire import LOG_TAIL_MAX_BYTES
 
 
 @pytest.fixture
@@ -54,6 +55,16 @@ def test_a_run_succeeds_with_its_output_env_and_workdir(
     assert status.started_at is not None and status.ended_at is not None
     assert status.started_at.tzinfo is not None
     assert status.started_at <= status.ended_at
+
+
+def test_a_job_cannot_pose_as_another_run(executor: ProcessExecutor) -> None:
+    """The run's own JINSUAN_* variables win over a job's (one rule for every executor)."""
+    lease = make_lease(sh('echo "run $JINSUAN_RUN_ID tasks $JINSUAN_TASKS"'), tasks=1,
+                       env={"JINSUAN_RUN_ID": "run-forged", "JINSUAN_TASKS": "64"})
+    assert run_environment(lease)["JINSUAN_RUN_ID"] == lease.run_id
+    status = wait_ended(executor, executor.start(lease))
+    assert f"run {lease.run_id} tasks 1" in status.log_tail
+    assert "forged" not in status.log_tail
 
 
 def test_a_failing_command_reports_its_exit_code(executor: ProcessExecutor) -> None:

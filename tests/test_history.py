@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from collectors.rollup import run_rollups
-from jinsuan.cli.history import send_history
-from jinsuan.sites import create_site
+from jinsuan.demo.history import send_history
+from jinsuan.kernel.sites import create_site
 from tests.collectors_kit import make_app
 
 STEP = timedelta(minutes=15)

@@ -24,9 +24,9 @@ from collectors_kit import (
 from fastapi.testclient import TestClient
 
 from collectors.validation import Limits, Rule, first_problem
-from jinsuan.accelerators import fp16_peak
-from jinsuan.signing import new_private_key, sign
-from jinsuan.wire import AGENT_HEADER, SIGNATURE_HEADER, Series
+from jinsuan.contract.accelerators import fp16_peak
+from jinsuan.contract.signing import new_private_key, sign
+from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, Series
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from collectors.intake import parse_checked
 from collectors.validation import Limits, Samples, first_problem
-from jinsuan.signing import new_private_key
-from jinsuan.wire import Batch
+from jinsuan.contract.signing import new_private_key
+from jinsuan.contract.wire import Batch
 
 _AGENT = Agent("agt_fast", 1, new_private_key())
 

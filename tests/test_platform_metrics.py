@@ -9,8 +9,8 @@ from collectors_kit import enrol, make_app, make_org, now_ms, steady_series
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from jinsuan.accelerators import fp16_peak
-from jinsuan.wire import Series
+from jinsuan.contract.accelerators import fp16_peak
+from jinsuan.contract.wire import Series
 
 
 @pytest.fixture

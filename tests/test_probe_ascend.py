@@ -43,7 +43,7 @@ from agents.probes.ascend import (
     parse_common,
     parse_info,
 )
-from jinsuan.metrics import CATALOGUE
+from jinsuan.contract.metrics import CATALOGUE
 
 DATA = Path(__file__).parent / "data" / "npu-smi"
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -24,8 +24,8 @@ from agents.probes.nvml import (
     main,
     sm_count_from_cores,
 )
-from jinsuan.accelerators import fp16_peak
-from jinsuan.metrics import CATALOGUE
+from jinsuan.contract.accelerators import fp16_peak
+from jinsuan.contract.metrics import CATALOGUE
 from tests.fakes.pynvml import FakeGpu, FakeMig, FakeNvml
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -31,7 +31,7 @@ from agents.probes.snmp import (
     SnmpProbeConfig,
     plan_meters,
 )
-from jinsuan.wire import MeterInfo, MeterRole
+from jinsuan.contract.wire import MeterInfo, MeterRole
 
 DATA_DIR = Path(__file__).resolve().parent / "snmpdata"
 START_DEADLINE_S = 60.0

@@ -12,9 +12,9 @@ from collectors_kit import Org, bearer, enrol, make_app, make_org, now_ms, stead
 from fastapi.testclient import TestClient
 
 from collectors.state import site_states
-from jinsuan.accelerators import fp16_peak
-from jinsuan.auth import Role, create_key
-from jinsuan.sites import create_site
+from jinsuan.contract.accelerators import fp16_peak
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.sites import create_site
 
 H100 = "NVIDIA H100 SXM5 80GB"
 

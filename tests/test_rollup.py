@@ -450,8 +450,8 @@ def test_enterprise_view_sums_energy_and_recomputes_pue(db, conn, settings) -> N
 
 def test_background_jobs_roll_up_and_keep_partitions(db, conn, settings) -> None:
     from collectors.jobs import start_background_jobs
-    from jinsuan.platform import Platform
-    from jinsuan.store.partitions import partition_name
+    from jinsuan.kernel.platform import Platform
+    from jinsuan.kernel.store.partitions import partition_name
 
     today = datetime.now(UTC).date()
     # On TimescaleDB the hypertable makes its own chunks; only plain tables get partitions.

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from collectors.rollup import LOCK_KEY, run_rollups
-from jinsuan.store import Database
+from jinsuan.kernel.store import Database
 
 DAY = datetime(2025, 3, 10, tzinfo=UTC)
 NOW = DAY + timedelta(hours=12, minutes=5)  # hours 10 and 11 are closed
@@ -94,8 +94,8 @@ CHILD = textwrap.dedent("""
     import json, sys
     from datetime import datetime
     from collectors.rollup import run_rollups
-    from jinsuan.settings import Settings
-    from jinsuan.store import Database
+    from jinsuan.kernel.settings import Settings
+    from jinsuan.kernel.store import Database
 
     settings = Settings(database_url=sys.argv[1], data_dir=sys.argv[2],
                         run_background_jobs=False)

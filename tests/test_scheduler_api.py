@@ -14,8 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from jinsuan.app import create_app
-from jinsuan.auth import Role, create_key
-from jinsuan.leasewire import (
+from jinsuan.contract.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
     SIGNATURE_HEADER,
@@ -25,8 +24,9 @@ from jinsuan.leasewire import (
     RunEvent,
     run_events_path,
 )
-from jinsuan.platform import Platform
-from jinsuan.signing import new_private_key, public_key_b64, sign
+from jinsuan.contract.signing import new_private_key, public_key_b64, sign
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.service import service_for

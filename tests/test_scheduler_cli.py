@@ -11,9 +11,9 @@ from servers import serving
 from typer.testing import CliRunner
 
 from jinsuan.app import create_app
-from jinsuan.auth import Role, create_key
 from jinsuan.cli.job import job_app
-from jinsuan.platform import Platform
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.platform import Platform
 from scheduler.seed import PoolSpec, seed_site
 
 

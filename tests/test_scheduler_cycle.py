@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from jinsuan.store import Database
+from jinsuan.kernel.store import Database
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import commit_decisions, expire_leases, run_cycle
 from scheduler.jobs import submit_job

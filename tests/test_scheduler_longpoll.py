@@ -19,8 +19,7 @@ import pytest
 from servers import serving
 
 from jinsuan.app import create_app
-from jinsuan.auth import KeyCache, Principal, Role, create_key, revoke_key
-from jinsuan.leasewire import (
+from jinsuan.contract.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
     MAX_LEASE_WAIT_S,
@@ -29,8 +28,9 @@ from jinsuan.leasewire import (
     LeaseReply,
     LeaseRequest,
 )
-from jinsuan.platform import Platform
-from jinsuan.signing import new_private_key, public_key_b64, sign
+from jinsuan.contract.signing import new_private_key, public_key_b64, sign
+from jinsuan.kernel.auth import KeyCache, Principal, Role, create_key, revoke_key
+from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.service import service_for

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agents.probes.simulated import MODELS, SimulatedSite, SimulatedSiteConfig
-from jinsuan.metrics import CATALOGUE
+from jinsuan.contract.metrics import CATALOGUE
 
 START = datetime(2026, 1, 10, tzinfo=UTC)
 

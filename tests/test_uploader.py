@@ -17,8 +17,8 @@ import pytest
 
 from agents.spool import Spool
 from agents.uploader import IDLE_POLL_S, Backoff, CorruptRecord, Outcome, Uploader, seal, unseal
-from jinsuan import signing
-from jinsuan.wire import Batch, Inventory, Series
+from jinsuan.contract import signing
+from jinsuan.contract.wire import Batch, Inventory, Series
 from tests.agent_peers import Receiver, Rule
 
 AGENT = "agt_test"

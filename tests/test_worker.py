@@ -23,9 +23,9 @@ from agents.executors.supervise import proc_start_ticks
 from agents.uploader import Backoff
 from agents.worker import STATE_FILE, LeaseWorker, StepReport, build_worker
 from jinsuan.app import create_app
-from jinsuan.auth import Role, create_key
-from jinsuan.platform import Platform
-from jinsuan.signing import new_private_key, public_key_b64
+from jinsuan.contract.signing import new_private_key, public_key_b64
+from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.service import service_for

@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from jinsuan.leasewire import LOG_TAIL_MAX_BYTES, Lease
+from jinsuan.contract.leasewire import LOG_TAIL_MAX_BYTES, Lease
 
 __all__ = [
     "EXECUTOR_KINDS",
@@ -43,6 +43,7 @@ __all__ = [
     "build_executor",
     "executor_names",
     "log_tail",
+    "run_environment",
 ]
 
 # name -> (config model, executor class), each "module:attribute".
@@ -147,6 +148,18 @@ def build_executor(name: str, options: Mapping[str, Any], state_dir: Path) -> Ex
     """
     settings = executor_settings(name, options)
     return _resolve(EXECUTOR_KINDS[name][1])(settings, state_dir=Path(state_dir))
+
+
+def run_environment(lease: Lease) -> dict[str, str]:
+    """The environment a run starts with on any executor: the job's own variables, then the
+    ``JINSUAN_*`` variables that tell the run who it is (they win over the job's)."""
+    return {
+        **lease.payload.env,
+        "JINSUAN_RUN_ID": lease.run_id,
+        "JINSUAN_JOB_ID": lease.job_id,
+        "JINSUAN_TASKS": str(lease.tasks),
+        "JINSUAN_ACCELERATORS_PER_TASK": str(lease.accelerators_per_task),
+    }
 
 
 def log_tail(path: Path, max_bytes: int = LOG_TAIL_MAX_BYTES) -> str:

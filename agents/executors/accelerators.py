@@ -2,8 +2,9 @@
 
 Slurm and Kubernetes name accelerators per vendor (``gpu`` / ``nvidia.com/gpu`` for NVIDIA,
 ``npu`` / ``huawei.com/Ascend910`` for Huawei Ascend). The vendor comes from the platform's model
-table (``jinsuan.accelerators``, standard library only) and, for models it does not list, from the
-vendor word in the name; a lease that names no model gets the site's default vendor.
+table (``jinsuan.contract.accelerators``, standard library only) and, for models it does not
+list, from the vendor word in the name; a lease that names no model gets the site's default
+vendor.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agents.executors import StartError
-from jinsuan.accelerators import lookup
-from jinsuan.leasewire import Lease
+from jinsuan.contract.accelerators import lookup
+from jinsuan.contract.leasewire import Lease
 
 # Words in a model name that give its vendor away, for models the table does not list.
 _NAME_HINTS = (

@@ -35,9 +35,16 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from urllib3.exceptions import HTTPError as TransportError
 
-from agents.executors import ExecutorError, RunPhase, RunStatus, StartError, trim_tail
+from agents.executors import (
+    ExecutorError,
+    RunPhase,
+    RunStatus,
+    StartError,
+    run_environment,
+    trim_tail,
+)
 from agents.executors.accelerators import resource_name
-from jinsuan.leasewire import Lease
+from jinsuan.contract.leasewire import Lease
 
 CONTAINER = "run"
 LABEL_PREFIX = "jinsuan"
@@ -230,13 +237,7 @@ def job_manifest(lease: Lease, settings: KubernetesConfig) -> client.V1Job:
             lease, settings.resource_by_vendor, settings.default_vendor, "resource_by_vendor"
         )
         limits[resource] = str(lease.accelerators_per_task)
-    env = dict(lease.payload.env)
-    env.update(
-        JINSUAN_RUN_ID=lease.run_id,
-        JINSUAN_JOB_ID=lease.job_id,
-        JINSUAN_TASKS=str(lease.tasks),
-        JINSUAN_ACCELERATORS_PER_TASK=str(lease.accelerators_per_task),
-    )
+    env = run_environment(lease)
     container = client.V1Container(
         name=CONTAINER,
         image=image,

@@ -36,9 +36,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.executors import ExecutorError, RunPhase, RunStatus, StartError, log_tail
+from agents.executors import (
+    ExecutorError,
+    RunPhase,
+    RunStatus,
+    StartError,
+    log_tail,
+    run_environment,
+)
 from agents.executors.supervise import proc_start_ticks, write_json
-from jinsuan.leasewire import Lease
+from jinsuan.contract.leasewire import Lease
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")
 LOG_FILE = "output.log"
@@ -93,13 +100,7 @@ class ProcessExecutor:
         elif not workdir.is_dir():
             raise StartError(f"workdir {payload.workdir!r} is not a directory on this host")
         env = dict(os.environ) if self.config.inherit_env else {"PATH": os.defpath}
-        env.update(payload.env)
-        env.update(
-            JINSUAN_RUN_ID=lease.run_id,
-            JINSUAN_JOB_ID=lease.job_id,
-            JINSUAN_TASKS=str(lease.tasks),
-            JINSUAN_ACCELERATORS_PER_TASK=str(lease.accelerators_per_task),
-        )
+        env.update(run_environment(lease))
         spec = {
             "run_id": lease.run_id,
             "command": payload.command,

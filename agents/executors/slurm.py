@@ -38,9 +38,16 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.executors import ExecutorError, RunPhase, RunStatus, StartError, log_tail
+from agents.executors import (
+    ExecutorError,
+    RunPhase,
+    RunStatus,
+    StartError,
+    log_tail,
+    run_environment,
+)
 from agents.executors.accelerators import resource_name
-from jinsuan.leasewire import Lease
+from jinsuan.contract.leasewire import Lease
 
 Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
 
@@ -249,13 +256,7 @@ def sbatch_args(lease: Lease, config: SlurmConfig, log_dir: Path) -> list[str]:
 
 def batch_script(lease: Lease) -> str:
     """The batch script: the run's environment, then its command (under ``srun`` for a gang)."""
-    env = dict(lease.payload.env)
-    env.update(
-        JINSUAN_RUN_ID=lease.run_id,
-        JINSUAN_JOB_ID=lease.job_id,
-        JINSUAN_TASKS=str(lease.tasks),
-        JINSUAN_ACCELERATORS_PER_TASK=str(lease.accelerators_per_task),
-    )
+    env = run_environment(lease)
     bad = sorted(name for name in env if not _ENV_NAME.match(name))
     if bad:
         raise StartError(f"environment variable names not usable in a shell: {', '.join(bad)}")

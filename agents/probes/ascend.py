@@ -31,7 +31,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.probe import Point, ProbeUnavailable, Reading
-from jinsuan.wire import AcceleratorInfo, Ident
+from jinsuan.contract.wire import AcceleratorInfo, Ident
 
 VENDOR = "Huawei"
 HEALTHY = frozenset({"OK", "WARNING"})

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.probe import Point, Reading
 from agents.probes.registermaps import Register, RegisterMap, load_map
-from jinsuan.metrics import CATALOGUE
-from jinsuan.wire import Ident, MeterInfo, MeterPoint, MeterRole
+from jinsuan.contract.metrics import CATALOGUE
+from jinsuan.contract.wire import Ident, MeterInfo, MeterPoint, MeterRole
 
 if TYPE_CHECKING:
     from pymodbus.client import ModbusTcpClient

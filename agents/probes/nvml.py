@@ -34,8 +34,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.probe import Point, ProbeUnavailable, Reading
-from jinsuan.accelerators import Fp16Peak, fp16_peak
-from jinsuan.wire import AcceleratorInfo, Ident
+from jinsuan.contract.accelerators import Fp16Peak, fp16_peak
+from jinsuan.contract.wire import AcceleratorInfo, Ident
 
 VENDOR = "NVIDIA"
 

@@ -31,8 +31,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from agents.probe import Point, Reading
-from jinsuan.metrics import CATALOGUE
-from jinsuan.wire import Ident, MeterInfo, MeterRole
+from jinsuan.contract.metrics import CATALOGUE
+from jinsuan.contract.wire import Ident, MeterInfo, MeterRole
 
 POWER_METRIC = "meter_power_watts"
 ENERGY_METRIC = "meter_energy_joules_total"

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.probe import Point, Reading
-from jinsuan.wire import AcceleratorInfo, MeterInfo, MeterRole
+from jinsuan.contract.wire import AcceleratorInfo, MeterInfo, MeterRole
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -57,7 +57,8 @@ MODELS: dict[str, _Model] = {
         _Model("NVIDIA L40S", "NVIDIA", 35, 350, 48 * 2**30),
         _Model("NVIDIA GeForce RTX 4090", "NVIDIA", 25, 450, 24 * 2**30),
         # npu-smi reports 20 AI cores at up to 1800 MHz for a 910B3; the platform estimates
-        # its FP16 peak from them (Huawei publishes no 910B figure: see jinsuan.accelerators).
+        # its FP16 peak from them (Huawei publishes no 910B figure: see
+        # jinsuan.contract.accelerators).
         _Model("Ascend910B3", "Huawei", 70, 350, 64 * 2**30, 20, 1800),
     )
 }

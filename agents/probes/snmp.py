@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from agents.probe import Point, Reading
-from jinsuan.metrics import CATALOGUE
-from jinsuan.wire import Ident, MeterInfo, MeterPoint, MeterRole
+from jinsuan.contract.metrics import CATALOGUE
+from jinsuan.contract.wire import Ident, MeterInfo, MeterPoint, MeterRole
 
 Quantity = Literal["power", "energy"]
 

@@ -18,7 +18,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, MultipleLocator, PercentFormatter
 
 from dashboards.report.figures import MonthFigures, bucket_start, number, series
-from dashboards.report.month import SHANGHAI, Month
+from dashboards.report.month import Month
+from jinsuan.contract.policytime import SHANGHAI
 
 DAY = timedelta(days=1)
 COLOURS = ("#3274d9", "#e0752d", "#56a64b", "#a352cc", "#d44a3a", "#8ab8ff", "#f2cc0c",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+from jinsuan.contract.policytime import hours_in, month_bounds
 
 
 class ReportError(ValueError):
@@ -26,13 +25,12 @@ class Month:
     @property
     def start(self) -> datetime:
         """The first instant of the month in Beijing time, in UTC."""
-        return datetime(self.year, self.month, 1, tzinfo=SHANGHAI).astimezone(UTC)
+        return month_bounds(self.year, self.month)[0]
 
     @property
     def end(self) -> datetime:
         """The first instant of the next month in Beijing time, in UTC (exclusive)."""
-        year, month = (self.year + 1, 1) if self.month == 12 else (self.year, self.month + 1)
-        return datetime(year, month, 1, tzinfo=SHANGHAI).astimezone(UTC)
+        return month_bounds(self.year, self.month)[1]
 
     @property
     def last_instant(self) -> datetime:
@@ -45,7 +43,7 @@ class Month:
 
     @property
     def hours(self) -> int:
-        return round((self.end - self.start).total_seconds() / 3600)
+        return hours_in(self.start, self.end)
 
 
 def parse_month(text: str) -> Month:

@@ -11,16 +11,15 @@ from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dashboards import grafana
 from dashboards.report import charts
+from dashboards.report.canvas import Report
 from dashboards.report.figures import ENERGY, PROVINCE, SCHEDULING, number
 from dashboards.report.layout import Column
-from dashboards.report.month import SHANGHAI, Month
-
-if TYPE_CHECKING:
-    from dashboards.report.build import Report
+from dashboards.report.month import Month
+from jinsuan.contract.policytime import SHANGHAI
 
 WARNING = "#8a1c1c"
 MUTED = "#5a6270"

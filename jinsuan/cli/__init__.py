@@ -11,8 +11,8 @@ import typer
 from jinsuan.cli.admin import keys_app, sites_app
 from jinsuan.cli.agent import agent_app
 from jinsuan.cli.job import job_app
-from jinsuan.cli.platform import demo, serve
 from jinsuan.cli.report import report
+from jinsuan.cli.server import demo, serve
 
 app = typer.Typer(
     name="jinsuan",

@@ -17,8 +17,8 @@ console = Console()
 
 @contextmanager
 def _connection() -> Iterator[object]:
-    from jinsuan.settings import Settings
-    from jinsuan.store import Database
+    from jinsuan.kernel.settings import Settings
+    from jinsuan.kernel.store import Database
 
     db = Database.open(Settings(run_background_jobs=False))
     try:
@@ -41,9 +41,9 @@ def create_key(
     label: Annotated[str, typer.Option(help="A note saying who holds the key.")] = "",
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
-    from jinsuan.auth import Role, create_key
-    from jinsuan.errors import JinsuanError
-    from jinsuan.sites import enterprise_id
+    from jinsuan.kernel.auth import Role, create_key
+    from jinsuan.kernel.errors import JinsuanError
+    from jinsuan.kernel.sites import enterprise_id
 
     try:
         parsed = Role(role)
@@ -62,7 +62,7 @@ def create_key(
 def revoke_key(prefix: Annotated[str, typer.Argument(help="The part after jsk_, e.g. 1a2b3c4d5e6f")]
                ) -> None:
     """Revoke a key by its prefix."""
-    from jinsuan.auth import revoke_key
+    from jinsuan.kernel.auth import revoke_key
 
     with _connection() as conn:
         if not revoke_key(conn, prefix):
@@ -81,8 +81,8 @@ def create_site(
              " by default a data centre of its own, named after the site.")] = None,
 ) -> None:
     """Register a site of an enterprise (the enterprise is created if new)."""
-    from jinsuan.errors import JinsuanError
-    from jinsuan.sites import create_site
+    from jinsuan.kernel.errors import JinsuanError
+    from jinsuan.kernel.sites import create_site
 
     with _connection() as conn:
         try:
@@ -102,8 +102,8 @@ def enrolment_token(
     """Create a one-time enrolment token for a site's agent."""
     from datetime import timedelta
 
-    from jinsuan.errors import JinsuanError
-    from jinsuan.sites import create_enrolment_token, site_by_name
+    from jinsuan.kernel.errors import JinsuanError
+    from jinsuan.kernel.sites import create_enrolment_token, site_by_name
 
     with _connection() as conn:
         try:

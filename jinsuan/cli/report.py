@@ -16,7 +16,7 @@ def _read_only(settings: Any) -> Iterator[tuple[Any, str]]:
     saying which database it is, without credentials."""
     import psycopg
 
-    from jinsuan.store import embedded
+    from jinsuan.kernel.store import embedded
 
     server = None
     url = settings.database_url
@@ -45,7 +45,7 @@ def report(
     import psycopg
 
     from dashboards.report import ReportError, parse_month, write_report
-    from jinsuan.settings import Settings
+    from jinsuan.kernel.settings import Settings
 
     try:
         parsed = parse_month(month)

@@ -1,11 +1,11 @@
 """The wire schema between site agents and the platform.
 
-This module is the whole contract: an agent imports it (and ``jinsuan.signing``) and nothing else
-from the platform. A report is one ``Batch`` serialised as JSON, optionally gzip-encoded,
-signed with the agent's Ed25519 key over the exact uncompressed body bytes (see
-``jinsuan.signing``). Samples travel as series, Prometheus style: one ``(metric, device)`` pair
-and its points, each point ``(unix milliseconds, value)``; this keeps a batch compact and lets
-the platform validate and copy it without per-sample objects.
+With ``jinsuan.contract.leasewire`` and ``jinsuan.contract.signing`` this is what an agent
+and the platform agree on. A report is one ``Batch`` serialised as JSON, optionally
+gzip-encoded, signed with the agent's Ed25519 key over the exact uncompressed body bytes (see
+``jinsuan.contract.signing``). Samples travel as series, Prometheus style: one
+``(metric, device)`` pair and its points, each point ``(unix milliseconds, value)``; this
+keeps a batch compact and lets the platform validate and copy it without per-sample objects.
 """
 
 from __future__ import annotations

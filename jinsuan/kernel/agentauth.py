@@ -1,9 +1,9 @@
 """Verify a request signed by an enrolled site agent.
 
-The agent signs the exact body bytes with its Ed25519 key (``jinsuan.signing``) and names itself
-in the ``X-Jinsuan-Agent`` header. The body must also carry ``agent_id`` (the same agent) and
-``sent_at``; a body sent more than ``window_s`` from the platform's clock is refused, so a
-captured request cannot be replayed later.
+The agent signs the exact body bytes with its Ed25519 key (``jinsuan.contract.signing``) and
+names itself in the ``X-Jinsuan-Agent`` header. The body must also carry ``agent_id`` (the same
+agent) and ``sent_at``; a body sent more than ``window_s`` from the platform's clock is refused,
+so a captured request cannot be replayed later.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TypeVar
 import psycopg
 from pydantic import BaseModel, ValidationError
 
-from jinsuan.errors import Invalid, Unauthenticated
-from jinsuan.signing import BadKey, load_public_key, verify
+from jinsuan.contract.signing import BadKey, load_public_key, verify
+from jinsuan.kernel.errors import Invalid, Unauthenticated
 
 DEFAULT_WINDOW_S = 300.0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from jinsuan.errors import Invalid
+from jinsuan.kernel.errors import Invalid
 
 
 class Role(enum.StrEnum):

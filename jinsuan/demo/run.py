@@ -5,7 +5,7 @@ background jobs on the embedded (or ``DATABASE_URL``) PostgreSQL, and one real a
 (config file, Ed25519 enrolment with a one-time token, spool, uploader) whose only probe is the
 simulated site. The agents' config files are written to the data directory, where an operator
 can read them as examples. With ``--history-days``, each site's simulated past is first sent
-through the intake (``jinsuan.cli.history``) and rolled up, so the dashboards and the monthly
+through the intake (``jinsuan.demo.history``) and rolled up, so the dashboards and the monthly
 report have days to show.
 """
 
@@ -27,13 +27,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from jinsuan.auth import Role, authenticate, create_key
-from jinsuan.cli.dispatcher_sim import MIX, SimulatedDispatcher
-from jinsuan.errors import NotFound
-from jinsuan.platform import Platform
-from jinsuan.settings import Settings
-from jinsuan.sites import create_enrolment_token, create_site, site_by_name
-from jinsuan.store import Database
+from jinsuan.contract.money import to_fen
+from jinsuan.demo.dispatcher import MIX, SimulatedDispatcher
+from jinsuan.kernel.auth import Role, authenticate, create_key
+from jinsuan.kernel.errors import NotFound
+from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.sites import create_enrolment_token, create_site, site_by_name
+from jinsuan.kernel.store import Database
 
 console = Console()
 
@@ -76,7 +77,7 @@ def _register_for_jobs(client: httpx.Client, admin_key: str, site_id: int, site:
                        seed: int) -> None:
     """Tell the scheduler the site runs jobs with the process executor, at its prices."""
     factor = Decimal("0.90") + Decimal(seed) / Decimal(20)
-    prices = {m: str((LIST_PRICES[m] * factor).quantize(Decimal("0.01"))) for m in site.fleet}
+    prices = {m: str(to_fen(LIST_PRICES[m] * factor)) for m in site.fleet}
     client.put(f"/v1/sites/{site_id}/scheduling", json={"executor": "process", "prices": prices},
                headers={"Authorization": f"Bearer {admin_key}"}).raise_for_status()
 
@@ -112,7 +113,7 @@ def _send_history(db: Database, settings: Settings, client: httpx.Client,
     """Each site's simulated past ``days``, through the intake, then the hourly rollups."""
     from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
     from collectors.rollup import run_rollups
-    from jinsuan.cli.history import send_history
+    from jinsuan.demo.history import send_history
 
     end = datetime.now(UTC)
     start = end - timedelta(days=days)
@@ -260,7 +261,7 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
              stop: threading.Event, history_days: float = 0) -> None:
     from agents.config import load_config
     from agents.daemon import running_agent
-    from jinsuan.cli.platform import make_server
+    from jinsuan.serve import make_server
 
     settings = Settings()
     host = settings.host

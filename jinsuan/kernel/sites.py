@@ -15,9 +15,9 @@ from datetime import timedelta
 import psycopg
 from psycopg.rows import class_row
 
-from jinsuan.auth import Principal, Role
-from jinsuan.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
-from jinsuan.signing import BadKey, load_public_key
+from jinsuan.contract.signing import BadKey, load_public_key
+from jinsuan.kernel.auth import Principal, Role
+from jinsuan.kernel.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.probe import Reading
 from agents.probes.simulated import SimulatedSite
-from jinsuan.signing import new_private_key, public_key_b64, sign
-from jinsuan.sites import create_enrolment_token, enrol_agent
-from jinsuan.wire import AGENT_HEADER, SIGNATURE_HEADER, Batch, Inventory, Series
+from jinsuan.contract.signing import new_private_key, public_key_b64, sign
+from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, Batch, Inventory, Series
+from jinsuan.kernel.sites import create_enrolment_token, enrol_agent
 
 #: Readings per batch, as an agent sends its spool after an outage.
 STEPS_PER_BATCH = 6

@@ -14,9 +14,9 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from jinsuan.auth import KeyCache, Principal, Role
-from jinsuan.errors import Forbidden, Unauthenticated
-from jinsuan.platform import Platform
+from jinsuan.kernel.auth import KeyCache, Principal, Role
+from jinsuan.kernel.errors import Forbidden, Unauthenticated
+from jinsuan.kernel.platform import Platform
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `jinsuan keys create`.")
 

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 from typing import Annotated
 
 import typer
-
-
-def make_server(platform, host: str, port: int):  # -> uvicorn.Server
-    import uvicorn
-
-    from jinsuan.app import create_app
-
-    config = uvicorn.Config(create_app(platform), host=host, port=port, log_level="warning",
-                            access_log=False)
-    return uvicorn.Server(config)
 
 
 def serve(
@@ -24,9 +13,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port (JINSUAN_PORT).")] = None,
 ) -> None:
     """Run the platform: HTTP API, intake, rollups and /metrics, until interrupted."""
-    from jinsuan.platform import Platform
-    from jinsuan.settings import Settings
-    from jinsuan.store import Database
+    from jinsuan.kernel.platform import Platform
+    from jinsuan.kernel.settings import Settings
+    from jinsuan.kernel.store import Database
+    from jinsuan.serve import make_server, tune_gc_for_ingest
 
     settings = Settings()
     db = Database.open(settings)
@@ -36,25 +26,6 @@ def serve(
         server.run()
     finally:
         db.close()
-
-
-def tune_gc_for_ingest() -> None:
-    """Keep the cyclic garbage collector off the intake's back; call once, the app built.
-
-    Parsing one report allocates tens of thousands of containers (a list per point) that all
-    live until the report is written. With the default threshold (700) that sets off dozens of
-    collections per report, and the survivors soon trigger full ones, each walking every
-    object the libraries and the app built at start-up. So: those long-lived objects are
-    moved out of the collector's sight (``gc.freeze``; they live as long as the process, and
-    reference counting still frees any that die), and the youngest generation is collected
-    after 50,000 allocations instead of 700. Cyclic garbage is still collected, only in
-    fewer, larger passes (the process's RSS stays flat through bench/ingest.py's rounds).
-    Measured there: about a third less platform CPU per sample than with the defaults.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(50_000, older, oldest)
 
 
 def demo(
@@ -69,7 +40,7 @@ def demo(
              " 'jinsuan report' have history to show.")] = 0,
 ) -> None:
     """Start the platform on the embedded database with five simulated Shanxi sites."""
-    from jinsuan.cli.demo import run_demo
+    from jinsuan.demo.run import run_demo
 
     run_demo(port=port, interval=interval, refresh=refresh, jobs_every=jobs_every,
              stop=threading.Event(), history_days=history_days)

@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from jinsuan.settings import Settings
-from jinsuan.store import embedded
-from jinsuan.store.migrate import migrate
-from jinsuan.store.partitions import Partitions
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.store import embedded
+from jinsuan.kernel.store.migrate import migrate
+from jinsuan.kernel.store.partitions import Partitions
 
 
 @dataclass

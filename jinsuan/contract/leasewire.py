@@ -4,8 +4,8 @@ Agents pull work: ``POST /v1/leases`` is both the request for new runs and the h
 renews the runs the agent holds; ``POST /v1/runs/{run_id}/events`` reports one state change of
 one run, carrying the run's fencing token. Both bodies are signed exactly like reports (headers
 ``X-Jinsuan-Agent`` and ``X-Jinsuan-Signature``, Ed25519 over the exact body bytes, see
-``jinsuan.signing``) and carry ``sent_at``; the platform refuses a body whose ``sent_at`` is more
-than ``REPLAY_WINDOW_S`` from its clock with 401.
+``jinsuan.contract.signing``) and carry ``sent_at``; the platform refuses a body whose
+``sent_at`` is more than ``REPLAY_WINDOW_S`` from its clock with 401.
 
 A run is one attempt at one job at one site. Its fencing token changes each time the job is
 leased again, so a report from an older lease (a site that lost its lease and came back) is
@@ -21,8 +21,8 @@ lease TTL, whatever ``wait_s`` asks, so a held request never lets the agent's le
 held runs are renewed when the request arrives. ``wait_s`` 0 (the default) answers at once.
 A cancel is not a reason to end a held request early: the agent learns of it in the next answer.
 
-Like ``jinsuan.wire`` this module is import-light: agents import it and nothing else from the
-platform.
+Like ``jinsuan.contract.wire`` this module is import-light: agents import it and nothing else
+from the platform.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from jinsuan.wire import AGENT_HEADER, SIGNATURE_HEADER, AwareDatetime, Ident, _Wire
+from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, AwareDatetime, Ident, _Wire
 
 __all__ = [
     "AGENT_HEADER",

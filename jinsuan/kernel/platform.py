@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from jinsuan.settings import Settings
-from jinsuan.store import Database
+from jinsuan.kernel.settings import Settings
+from jinsuan.kernel.store import Database
 
 
 @dataclass

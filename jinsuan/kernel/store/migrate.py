@@ -27,7 +27,7 @@ class Migration:
 def available(timescale: bool) -> list[Migration]:
     wanted = "timescale" if timescale else "plain"
     found: dict[int, Migration] = {}
-    for entry in resources.files("jinsuan.store").joinpath("migrations").iterdir():
+    for entry in resources.files("jinsuan.kernel.store").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if not match:
             continue

@@ -1,0 +1,36 @@
+"""The policy's calendar: dates and periods are Asia/Shanghai, instants are stored in UTC.
+
+A policy year or month (an annual PUE, a monthly report, a reward year) starts at midnight
+Beijing time; these helpers turn it into the aware ``[start, end)`` pair the store is queried
+with, so no reader writes its own bounds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def year_bounds(year: int) -> tuple[datetime, datetime]:
+    """The Asia/Shanghai calendar year ``year`` as a UTC ``[start, end)`` pair."""
+    return _utc(datetime(year, 1, 1, tzinfo=SHANGHAI)), _utc(datetime(year + 1, 1, 1,
+                                                                      tzinfo=SHANGHAI))
+
+
+def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    """The Asia/Shanghai calendar month as a UTC ``[start, end)`` pair."""
+    following = (year + 1, 1) if month == 12 else (year, month + 1)
+    return (_utc(datetime(year, month, 1, tzinfo=SHANGHAI)),
+            _utc(datetime(*following, 1, tzinfo=SHANGHAI)))
+
+
+def hours_in(start: datetime, end: datetime) -> int:
+    """Whole hours in ``[start, end)``; Beijing time has no daylight saving, so a year is
+    8,760 or 8,784 hours."""
+    return int((end - start).total_seconds() // 3600)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
