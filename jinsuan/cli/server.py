@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Annotated
 
@@ -42,5 +43,10 @@ def demo(
     """Start the platform on the embedded database with five simulated Shanxi sites."""
     from jinsuan.demo.run import run_demo
 
+    stop = threading.Event()
+    # A closed terminal (SIGHUP) or a service manager (SIGTERM) stops the demo as Ctrl-C does:
+    # agents, then the platform, then the embedded database.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
     run_demo(port=port, interval=interval, refresh=refresh, jobs_every=jobs_every,
-             stop=threading.Event(), history_days=history_days)
+             stop=stop, history_days=history_days)

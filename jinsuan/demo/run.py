@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -333,12 +333,11 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
             "Ctrl-C stops everything.",
         ))
         started = time.monotonic()
-        try:
-            with Live(_table(platform, started, interval), console=console,
-                      refresh_per_second=1, transient=False) as live:
-                while not stop.wait(refresh):
-                    live.update(Group(_table(platform, started, interval)))
-        except KeyboardInterrupt:
-            console.print("\nstopping: agents, then the platform, then the database … "
-                          "(job processes already started keep running; the next demo's "
-                          "agents re-attach to them and report how they ended)")
+        with suppress(KeyboardInterrupt), Live(_table(platform, started, interval),
+                                               console=console, refresh_per_second=1,
+                                               transient=False) as live:
+            while not stop.wait(refresh):
+                live.update(Group(_table(platform, started, interval)))
+        console.print("\nstopping: agents, then the platform, then the database … "
+                      "(job processes already started keep running; the next demo's "
+                      "agents re-attach to them and report how they ended)")
