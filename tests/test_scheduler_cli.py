@@ -51,12 +51,14 @@ def test_submit_from_yaml_show_why_not_list_and_cancel(served, conn, db, tmp_pat
 def test_bad_specs_name_the_file_and_field(served, conn, tmp_path):
     env = {"JINSUAN_URL": served, "JINSUAN_API_KEY": create_key(conn, Role.DISPATCHER,
                                                                 tenant="t1")}
-    spec = tmp_path / "job.yaml"
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 4)  # the message is wider than a terminal
+    deep.mkdir()
+    spec = deep / "job.yaml"
     spec.write_text("project: llm\naccelerators_per_task: 0\npayload: {command: [x]}\n")
     runner = CliRunner()
     result = runner.invoke(job_app, ["submit", str(spec)], env=env)
     assert result.exit_code == 2
-    assert "job.yaml" in result.output and "accelerators_per_task" in result.output
+    assert str(spec) in result.output and "accelerators_per_task" in result.output
     flags = runner.invoke(job_app, ["submit", "--project", "p", "-c", "true", "--env", "novalue"],
                           env=env)
     assert flags.exit_code == 2 and "KEY=VALUE" in flags.output

@@ -12,7 +12,7 @@ from rich.console import Console
 keys_app = typer.Typer(help="API keys: each bound to a role and an owner.", no_args_is_help=True)
 sites_app = typer.Typer(help="Data-centre sites and their agents' enrolment.",
                         no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
 
 @contextmanager

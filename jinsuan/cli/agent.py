@@ -12,7 +12,7 @@ from rich.table import Table
 
 agent_app = typer.Typer(help="The site agent: enrol it, check its sources, run it.",
                         no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML file.",
                                             exists=False, dir_okay=False)]

@@ -17,7 +17,7 @@ from rich.table import Table
 
 job_app = typer.Typer(help="Jobs: submit, list, show (and why not placed), watch, cancel.",
                       no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
 Url = Annotated[str, typer.Option("--url", envvar="JINSUAN_URL", help="The platform's URL.")]
 Key = Annotated[str, typer.Option("--key", envvar="JINSUAN_API_KEY", help="Your API key.")]
