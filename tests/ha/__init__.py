@@ -1,0 +1,98 @@
+"""A Patroni-managed PostgreSQL pair on loopback (``.ci/ha.sh``) for the fault tests.
+
+``start_pair()`` makes sure both nodes run with a leader and a synchronous standby (skipping
+the caller's tests, with the reason, only where the packages cannot be installed here);
+``kill_leader()`` kills the leader's Patroni and PostgreSQL with SIGKILL, as a host that dies
+would; ``start_pair()`` again brings the dead node back as a standby (Patroni rewinds it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+SETUP = Path(__file__).resolve().parents[2] / ".ci" / "ha.sh"
+BASE = Path(os.environ.get("JINSUAN_HA_DIR", "/var/lib/jinsuan-ha"))
+CANNOT_INSTALL = 3
+HOSTS = "127.0.0.1:5460,127.0.0.1:5461"
+REST = ("http://127.0.0.1:8108", "http://127.0.0.1:8109")
+
+
+def url(dbname: str = "postgres") -> str:
+    """The multi-host URL the platform uses: libpq finds the primary among the nodes."""
+    return (f"postgresql://postgres@{HOSTS}/{dbname}"
+            "?target_session_attrs=read-write&connect_timeout=2")
+
+
+def start_pair() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the HA pair is started as root (it runs PostgreSQL as user postgres)")
+    done = subprocess.run(["bash", str(SETUP), "start"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    if done.returncode == CANNOT_INSTALL:
+        pytest.skip(f"no Patroni here: {done.stdout.strip().splitlines()[-1]}")
+    if done.returncode != 0:
+        pytest.fail(f"{SETUP} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+def members() -> list[dict]:
+    for rest in REST:
+        try:
+            return httpx.get(f"{rest}/cluster", timeout=2).json()["members"]
+        except (httpx.HTTPError, ValueError):
+            continue
+    return []
+
+
+def leader() -> str:
+    (name,) = [m["name"] for m in members() if m["role"] == "leader"]
+    return name
+
+
+def kill_leader() -> str:
+    """SIGKILL the leader's Patroni, its postmaster and the postmaster's children."""
+    name = leader()
+    patroni = subprocess.run(["pgrep", "-f", f"patroni {BASE}/{name}.yml"], capture_output=True,
+                             text=True, check=False).stdout.split()
+    postmaster = (BASE / name / "postmaster.pid").read_text().split()[0]
+    children = subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True,
+                              check=False).stdout.split()
+    for pid in [*patroni, postmaster, *children]:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return name
+
+
+def wait_for_new_leader(old: str, timeout_s: float = 90) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [m["name"] for m in members() if m["role"] == "leader" and m["name"] != old]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    pytest.fail(f"no node took over from {old} within {timeout_s} s")
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new database on the pair (replicated like everything else); yields its URL."""
+    name = f"jinsuan_ha_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url(name)
+    finally:
+        with psycopg.connect(url(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
