@@ -294,6 +294,28 @@ def test_every_manifest_is_well_formed() -> None:
             check_workload(document, where)
 
 
+KUBERNETES_VERSION = "1.31"  # the oldest release still in upstream support when written
+
+
+def test_every_kubernetes_object_validates_against_its_schema() -> None:
+    """Each object against the OpenAPI schema of its kind, strictly (an unknown or misspelt
+    field is an error), as ``kubectl apply --validate=strict`` would on a real cluster."""
+    import kubernetes_validate
+
+    for path, document in k8s_documents():
+        if document["kind"] == "Kustomization":  # kustomize's own file, not a cluster object
+            continue
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.relative_to(ROOT)} {document['kind']}: {exc.message}")
+
+    deployment = k8s("Deployment", "jinsuan-platform")
+    misspelt = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="replica"):
+        kubernetes_validate.validate(misspelt, KUBERNETES_VERSION, strict=True)
+
+
 def check_workload(document: dict[str, Any], where: str) -> None:
     spec = document["spec"]
     pod = spec["template"]["spec"]

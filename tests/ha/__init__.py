@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -68,10 +68,8 @@ def kill_leader() -> str:
     children = subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True,
                               check=False).stdout.split()
     for pid in [*patroni, postmaster, *children]:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return name
 
 
