@@ -181,7 +181,9 @@ def test_dashboard_structure(name: str) -> None:
                     assert target["format"] == "time_series", where
                     assert "$__timeGroupAlias(" in target["rawSql"], \
                         f"{where} does not bucket by the dashboard's interval"
-                    assert "$__timeFilter(" in target["rawSql"], \
+                    sql = target["rawSql"]
+                    assert "$__timeFilter(" in sql or (
+                        "$__timeFrom()" in sql and "$__timeTo()" in sql), \
                         f"{where} ignores the dashboard's time range"
     names = [v["name"] for v in dashboard["templating"]["list"]]
     assert len(names) == len(set(names)), f"{name}: duplicate variables"
@@ -691,6 +693,81 @@ def test_agent_lag_shows_the_backfill(
     made = SIM_START + fleet.step * (simulated_fleet.STEPS_PER_BATCH - 1)
     age = (datetime.now(UTC) - made).total_seconds()
     assert float(first["value"]) == pytest.approx(age, abs=120)
+
+
+def _relations(plan: Mapping[str, Any]) -> Iterator[str]:
+    if "Relation Name" in plan:
+        yield plan["Relation Name"]
+    for child in plan.get("Plans", []):
+        yield from _relations(child)
+
+
+def _reads_samples(conn: psycopg.Connection, sql: str) -> bool:
+    ((explained,),) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()
+    return any(re.match(r"samples(_|$)|_hyper_", name)
+               for name in _relations(explained[0]["Plan"]))
+
+
+@pytest.mark.parametrize("days", [2, 90, 365])
+def test_no_panel_reads_raw_samples_over_more_than_a_day(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection, days: int,
+) -> None:
+    """Raw samples grow with retention: over a longer range every panel reads rollups."""
+    end = SIM_END
+    start = end - timedelta(days=days)
+    assert _reads_samples(as_grafana, "SELECT * FROM samples WHERE ts > now() - interval '1h'")
+    for uid, dashboard in grafana.load_all().items():
+        values = grafana.resolve_variables(as_grafana, dashboard, start=start, end=end)
+        queries = [(v["name"], v["query"]) for v in grafana.variables(dashboard)
+                   if datasource_type(v.get("datasource")) == grafana.POSTGRES]
+        queries += [(p["title"], t["rawSql"]) for p in all_panels(dashboard)
+                    for t in p.get("targets", []) if target_source(p, t) == grafana.POSTGRES]
+        for title, sql in queries:
+            for interval in ("5m", "2h", "1d"):
+                expanded = grafana.expand(sql, values, start=start, end=end, interval=interval)
+                assert not _reads_samples(as_grafana, expanded), \
+                    f"{uid} {title!r} reads raw samples over {days} days at {interval}"
+
+
+def test_a_panel_over_a_day_reads_the_raw_samples(as_grafana: psycopg.Connection) -> None:
+    """The other side of the rule: a day or less is drawn from the samples themselves."""
+    dashboard = grafana.load("jinsuan-site-detail")
+    start = SIM_END - timedelta(hours=6)
+    values = grafana.resolve_variables(as_grafana, dashboard, start=start, end=SIM_END)
+    sql = grafana.expand(grafana.panel(dashboard, "Accelerator power")["targets"][0]["rawSql"],
+                         values, start=start, end=SIM_END, interval="1m")
+    assert _reads_samples(as_grafana, sql)
+
+
+@pytest.mark.parametrize("title", ["Accelerator power", "Accelerator utilisation",
+                                   "Accelerator memory in use", "Accelerator health",
+                                   "Meter power"])
+def test_device_panels_from_rollups_equal_those_from_raw_samples(
+    simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection, title: str,
+) -> None:
+    """Hourly buckets over the 30 simulated hours (rollups) against the same buckets drawn from
+    the raw samples one day at a time: the same figures, so the switch is invisible."""
+    _, fleet = simulated
+    chosen = {"site": [str(fleet.sites["datong-cloud"].id)]}
+    whole = grafana.panel_rows(as_grafana, "jinsuan-site-detail", title, start=SIM_START,
+                               end=SIM_END - timedelta(seconds=1), chosen=chosen)
+    by_hour: dict[tuple[Any, ...], dict[str, Any]] = {}
+    hour = SIM_START
+    while hour < SIM_END:
+        for row in grafana.panel_rows(as_grafana, "jinsuan-site-detail", title, start=hour,
+                                      end=hour + timedelta(hours=1) - timedelta(seconds=1),
+                                      chosen=chosen):
+            by_hour[(row["time"], row.get("metric"))] = row
+        hour += timedelta(hours=1)
+    assert len(whole) == len(by_hour) >= 30
+    for row in whole:
+        raw = by_hour[(row["time"], row.get("metric"))]
+        for column, value in row.items():
+            if column in ("time", "metric") or title == "Accelerator memory in use":
+                continue
+            assert value == pytest.approx(raw[column]), (title, row["time"], column)
+        if title == "Accelerator memory in use":  # divided by the latest total of each range
+            assert row["value"] == pytest.approx(raw["value"], rel=1e-6)
 
 
 # --- PromQL against a real Prometheus --------------------------------------------------------

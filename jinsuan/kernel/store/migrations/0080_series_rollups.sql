@@ -1,0 +1,153 @@
+-- Per-device rollups: what a device panel reads over any range longer than a day, so that no
+-- dashboard reads raw samples over a long range (their cost grows with retention; these grow
+-- with the number of hours). Hours are UTC, like Grafana's buckets ($__timeGroup rounds the
+-- epoch); a day is the UTC day, so that it is a whole number of hourly buckets.
+--
+-- n, total, low and high give an average (total / n), a range and a counter's increase
+-- (high - low within a counter's monotone stretch); last_ts and last give the latest reading.
+-- Both tables are written by roll_series_hour(), which the hourly site rollup calls for every
+-- hour it computes (collectors.rollup), so late data recomputes them like the site figures.
+CREATE TABLE rollup_series_hourly (
+    series_id  integer NOT NULL REFERENCES series,
+    hour       timestamptz NOT NULL,
+    n          integer NOT NULL,
+    total      double precision NOT NULL,
+    low        double precision NOT NULL,
+    high       double precision NOT NULL,
+    last_ts    timestamptz NOT NULL,
+    last       double precision NOT NULL,
+    PRIMARY KEY (series_id, hour) INCLUDE (n, total, low, high, last_ts, last)
+);
+
+CREATE TABLE rollup_series_daily (
+    series_id  integer NOT NULL REFERENCES series,
+    day        timestamptz NOT NULL,
+    n          integer NOT NULL,
+    total      double precision NOT NULL,
+    low        double precision NOT NULL,
+    high       double precision NOT NULL,
+    last_ts    timestamptz NOT NULL,
+    last       double precision NOT NULL,
+    PRIMARY KEY (series_id, day) INCLUDE (n, total, low, high, last_ts, last)
+);
+
+-- How late each agent's reports arrived, per hour: the "Agent lag" panel over long ranges.
+CREATE TABLE rollup_agent_lag_hourly (
+    agent_id   text NOT NULL REFERENCES agents,
+    hour       timestamptz NOT NULL,
+    reports    integer NOT NULL,
+    max_lag_s  double precision NOT NULL,
+    PRIMARY KEY (agent_id, hour) INCLUDE (reports, max_lag_s)
+);
+
+CREATE FUNCTION roll_series_hour(p_site bigint, p_hour timestamptz) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM rollup_series_hourly r USING series se
+    WHERE se.site_id = p_site AND r.series_id = se.id AND r.hour = p_hour;
+    INSERT INTO rollup_series_hourly (series_id, hour, n, total, low, high, last_ts, last)
+    SELECT x.series_id, p_hour, count(*), sum(x.value), min(x.value), max(x.value), max(x.ts),
+           (array_agg(x.value ORDER BY x.ts DESC))[1]
+    FROM series se
+    JOIN samples x ON x.series_id = se.id
+    WHERE se.site_id = p_site AND x.ts >= p_hour AND x.ts < p_hour + interval '1 hour'
+    GROUP BY x.series_id;
+
+    DELETE FROM rollup_series_daily r USING series se
+    WHERE se.site_id = p_site AND r.series_id = se.id
+      AND r.day = date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00');
+    INSERT INTO rollup_series_daily (series_id, day, n, total, low, high, last_ts, last)
+    SELECT h.series_id, date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00'), sum(h.n),
+           sum(h.total), min(h.low), max(h.high), max(h.last_ts),
+           (array_agg(h.last ORDER BY h.last_ts DESC))[1]
+    FROM series se
+    JOIN rollup_series_hourly h ON h.series_id = se.id
+    WHERE se.site_id = p_site
+      AND h.hour >= date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00')
+      AND h.hour < date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00') + interval '1 day'
+    GROUP BY h.series_id;
+
+    DELETE FROM rollup_agent_lag_hourly r USING agents a
+    WHERE a.site_id = p_site AND r.agent_id = a.id AND r.hour = p_hour;
+    INSERT INTO rollup_agent_lag_hourly (agent_id, hour, reports, max_lag_s)
+    SELECT r.agent_id, p_hour, count(*), max(extract(epoch FROM r.received_at - r.created_at))
+    FROM agents a
+    JOIN reports r ON r.agent_id = a.id
+    WHERE a.site_id = p_site AND r.created_at >= p_hour
+      AND r.created_at < p_hour + interval '1 hour'
+    GROUP BY r.agent_id;
+$$;
+
+-- A series' points over [p_from, p_to] in buckets of p_bucket_s seconds (Grafana's
+-- $__interval), from the cheapest source that has them: raw samples when the range is a day or
+-- less, the daily rollup when a bucket is a day or more, the hourly rollup otherwise (points
+-- then fall on whole hours, so a bucket narrower than an hour gets one point an hour). An
+-- inlinable SQL function: the planner folds away the two branches that do not apply.
+CREATE FUNCTION series_points(p_series integer, p_from timestamptz, p_to timestamptz,
+                              p_bucket_s double precision)
+RETURNS TABLE (ts timestamptz, n bigint, total double precision, low double precision,
+               high double precision, last double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT to_timestamp(floor(extract(epoch FROM x.ts) / p_bucket_s) * p_bucket_s), count(*),
+           sum(x.value), min(x.value), max(x.value), (array_agg(x.value ORDER BY x.ts DESC))[1]
+    FROM samples x
+    WHERE p_to - p_from <= interval '1 day'
+      AND x.series_id = p_series AND x.ts BETWEEN p_from AND p_to
+    GROUP BY 1
+    UNION ALL
+    SELECT to_timestamp(floor(extract(epoch FROM h.hour) / greatest(p_bucket_s, 3600))
+                        * greatest(p_bucket_s, 3600)), sum(h.n), sum(h.total), min(h.low),
+           max(h.high), (array_agg(h.last ORDER BY h.hour DESC))[1]
+    FROM rollup_series_hourly h
+    WHERE p_to - p_from > interval '1 day' AND p_bucket_s < 86400
+      AND h.series_id = p_series AND h.hour BETWEEN date_trunc('hour', p_from) AND p_to
+    GROUP BY 1
+    UNION ALL
+    SELECT to_timestamp(floor(extract(epoch FROM d.day) / p_bucket_s) * p_bucket_s), sum(d.n),
+           sum(d.total), min(d.low), max(d.high), (array_agg(d.last ORDER BY d.day DESC))[1]
+    FROM rollup_series_daily d
+    WHERE p_to - p_from > interval '1 day' AND p_bucket_s >= 86400
+      AND d.series_id = p_series
+      AND d.day BETWEEN date_bin('1 day', p_from, timestamptz '2000-01-01 00:00+00') AND p_to
+    GROUP BY 1
+$$;
+
+-- A series' latest reading in [p_from, p_to]: the latest raw sample when the range is a day or
+-- less, else the last reading of the latest rolled-up hour (so over a long range it is as old as
+-- the latest closed hour: at most an hour and the rollup's grace).
+CREATE FUNCTION series_latest(p_series integer, p_from timestamptz, p_to timestamptz)
+RETURNS TABLE (ts timestamptz, value double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT c.ts, c.value FROM (
+        (SELECT x.ts, x.value FROM samples x
+         WHERE p_to - p_from <= interval '1 day'
+           AND x.series_id = p_series AND x.ts BETWEEN p_from AND p_to
+         ORDER BY x.ts DESC LIMIT 1)
+        UNION ALL
+        (SELECT h.last_ts, h.last FROM rollup_series_hourly h
+         WHERE p_to - p_from > interval '1 day'
+           AND h.series_id = p_series AND h.hour BETWEEN date_trunc('hour', p_from) AND p_to
+         ORDER BY h.hour DESC LIMIT 1)
+    ) c
+    LIMIT 1
+$$;
+
+-- An agent's report lag over [p_from, p_to] in buckets of p_bucket_s seconds: from the reports
+-- themselves over a day or less, from the hourly maxima otherwise.
+CREATE FUNCTION agent_lag_points(p_agent text, p_from timestamptz, p_to timestamptz,
+                                 p_bucket_s double precision)
+RETURNS TABLE (ts timestamptz, max_lag_s double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT to_timestamp(floor(extract(epoch FROM r.created_at) / p_bucket_s) * p_bucket_s),
+           max(extract(epoch FROM r.received_at - r.created_at))::double precision
+    FROM reports r
+    WHERE p_to - p_from <= interval '1 day'
+      AND r.agent_id = p_agent AND r.created_at BETWEEN p_from AND p_to
+    GROUP BY 1
+    UNION ALL
+    SELECT to_timestamp(floor(extract(epoch FROM h.hour) / greatest(p_bucket_s, 3600))
+                        * greatest(p_bucket_s, 3600)), max(h.max_lag_s)
+    FROM rollup_agent_lag_hourly h
+    WHERE p_to - p_from > interval '1 day'
+      AND h.agent_id = p_agent AND h.hour BETWEEN date_trunc('hour', p_from) AND p_to
+    GROUP BY 1
+$$;
