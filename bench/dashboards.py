@@ -7,8 +7,8 @@ meters a site; ``--days`` of hourly site rollups; per-device hourly rollups for 
 sites (the site-detail dashboard shows one site at a time, so the others only make the table
 deeper); one day of raw samples a minute apart for every series; a report every 10 s per agent
 for that day; and ``--jobs-per-day`` jobs with their runs, transitions and usage over the range.
-Then the raw day is rolled up per device (``roll_series_hour``, as the hourly rollup calls it),
-timed per site-hour.
+Then the rollups run as the hourly rollup job runs them: the raw day per device
+(``roll_series_hour``) and the year's queue time (``roll_queue_hour``), each timed per hour.
 
 It then runs, as Grafana's read-only role (``deploy/postgres/grafana-readonly.sql``), every SQL
 variable and every SQL panel of every dashboard over the last 90 and the last 365 days, at the
@@ -43,6 +43,7 @@ from typing import Any
 
 import psycopg
 
+from collectors.queue_rollup import roll_queue_hours
 from dashboards import grafana
 from jinsuan.kernel.store.migrate import migrate
 from jinsuan.kernel.store.partitions import Partitions
@@ -324,7 +325,7 @@ def measure(url: str, now: datetime, repeat: int) -> None:
 
 
 def catch_up(url: str, now: datetime) -> float:
-    """Roll the raw day up per device, as the hourly rollup does; return seconds per site-hour."""
+    """The rollups the dashboards read: the raw day per device, and every hour's queue time."""
     with psycopg.connect(url, autocommit=True) as conn:
         hours = conn.execute(
             "SELECT s.id, h FROM sites s, generate_series(%s::timestamptz, %s, '1 hour') h",
@@ -333,8 +334,12 @@ def catch_up(url: str, now: datetime) -> float:
         for site_id, hour in hours:
             conn.execute("SELECT roll_series_hour(%s, %s)", (site_id, hour))
         per_hour = (time.perf_counter() - began) / len(hours)
+        began = time.perf_counter()
+        written = roll_queue_hours(conn, now)
+        per_queue_hour = (time.perf_counter() - began) / max(1, written)
         conn.execute("ANALYZE")
     print(f"roll_series_hour: {per_hour * 1000:.1f} ms per site-hour ({len(hours)} site-hours)")
+    print(f"roll_queue_hour: {per_queue_hour * 1000:.1f} ms per hour ({written} hours)")
     return per_hour
 
 

@@ -46,6 +46,7 @@ from collectors.energy import (
     pue,
     time_weighted_mean,
 )
+from collectors.queue_rollup import roll_queue_hours
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
 
@@ -401,6 +402,8 @@ def run_rollups(
                 # this site's watermark stays put and the error repeats until it is fixed.
                 log.exception("rollup of site %d failed", site_id)
                 failed.append(site_id)
+        if not stopped:
+            roll_queue_hours(conn, closable)
         conn.execute(
             "UPDATE rollup_runs SET finished_at = clock_timestamp() WHERE id = %s",
             (tally.run_id,),

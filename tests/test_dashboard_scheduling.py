@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from collectors.queue_rollup import roll_queue_hours
 from dashboards import grafana
 from jinsuan.kernel.store import Database
 from tests.scheduling_story import (
@@ -176,6 +177,37 @@ def test_queue_depth_on_a_range_that_starts_mid_bucket(
     assert {k: float(v) for k, v in got.items()} == {
         (hour(1), "t1"): pytest.approx(2.0), (hour(2), "t1"): pytest.approx(2 * 10 / 30),
         (hour(1), "t2"): pytest.approx(10 / 30), (hour(2), "t2"): pytest.approx(10 / 30)}
+
+
+def test_queue_depth_over_days_reads_the_hourly_series_and_agrees(
+        conn: psycopg.Connection, story: Story) -> None:
+    """Over more than a day, the closed whole hours come from ``rollup_queue_hourly`` and the
+    part-hours at the ends and the hours not yet rolled up from the transitions: the figures
+    are those worked out by hand from the story, and the same with no hour rolled up."""
+    start, end = at(30) - timedelta(days=1), at(150)  # both ends mid-hour
+    with conn.transaction(force_rollback=True):
+        conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
+        assert roll_queue_hours(conn, at(120)) >= 2  # hours 0 and 1 of the story, closed
+        conn.execute("SET LOCAL ROLE jinsuan_grafana")
+        got = as_series(rows(conn, "Queue depth by tenant", start=start, end=end))
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT count(*) FROM rollup_queue_hourly").fetchone()[0] > 0
+        conn.execute("DELETE FROM rollup_queue_hourly; DELETE FROM rollup_queue_state")
+        conn.execute("SET LOCAL ROLE jinsuan_grafana")
+        from_transitions = as_series(rows(conn, "Queue depth by tenant", start=start, end=end))
+    lo_min = (start - T0).total_seconds() / 60
+    want = {}
+    bucket = 60 * (lo_min // 60)  # the hour bucket the range starts in, in minutes from T0
+    while bucket * 60 < (end - T0).total_seconds():
+        lo, hi = max(bucket, lo_min), min(bucket + 60, 150)
+        for tenant in ("t1", "t2"):
+            minutes = sum(max(0, min(until, hi) - max(since, lo))
+                          for _, t, since, until, _ in WAITS if t == tenant)
+            want[((T0 + timedelta(minutes=bucket)).timestamp(), tenant)] = minutes / (hi - lo)
+        bucket += 60
+    assert {k: float(v) for k, v in got.items()} == {k: pytest.approx(v) for k, v in want.items()}
+    assert from_transitions.keys() == got.keys()
+    assert all(float(from_transitions[k]) == pytest.approx(float(v)) for k, v in got.items())
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -36,4 +36,5 @@ GRANT SELECT (id, tenant, project, name, constraints, tasks, accelerators_per_ta
 GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_at, leased_at,
               started_at, ended_at, exit_code, end_reason)
     ON runs TO jinsuan_grafana;
-GRANT SELECT ON job_transitions, usage_records TO jinsuan_grafana;
+GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state
+    TO jinsuan_grafana;

@@ -4,7 +4,7 @@
 -- epoch); a day is the UTC day, so that it is a whole number of hourly buckets.
 --
 -- n, total, low and high give an average (total / n), a range and a counter's increase
--- (high - low within a counter's monotone stretch); last_ts and last give the latest reading.
+-- (high - low within a counter's monotone stretch); last_ts and last the latest reading.
 -- Both tables are written by roll_series_hour(), which the hourly site rollup calls for every
 -- hour it computes (collectors.rollup), so late data recomputes them like the site figures.
 CREATE TABLE rollup_series_hourly (
@@ -79,16 +79,17 @@ $$;
 
 -- A series' points over [p_from, p_to] in buckets of p_bucket_s seconds (Grafana's
 -- $__interval), from the cheapest source that has them: raw samples when the range is a day or
--- less, the daily rollup when a bucket is a day or more, the hourly rollup otherwise (points
--- then fall on whole hours, so a bucket narrower than an hour gets one point an hour). An
--- inlinable SQL function: the planner folds away the two branches that do not apply.
+-- less; the daily rollup when a bucket is a day or more or the range is longer than 93 days (a
+-- quarter: a year is then 365 points a series, not 8,760); the hourly rollup otherwise. Points
+-- from a rollup fall on whole hours (days), so a narrower bucket gets one point an hour (day).
+-- An inlinable SQL function: the planner folds away the two branches that do not apply.
 CREATE FUNCTION series_points(p_series integer, p_from timestamptz, p_to timestamptz,
                               p_bucket_s double precision)
 RETURNS TABLE (ts timestamptz, n bigint, total double precision, low double precision,
-               high double precision, last double precision)
+               high double precision)
 LANGUAGE sql STABLE AS $$
     SELECT to_timestamp(floor(extract(epoch FROM x.ts) / p_bucket_s) * p_bucket_s), count(*),
-           sum(x.value), min(x.value), max(x.value), (array_agg(x.value ORDER BY x.ts DESC))[1]
+           sum(x.value), min(x.value), max(x.value)
     FROM samples x
     WHERE p_to - p_from <= interval '1 day'
       AND x.series_id = p_series AND x.ts BETWEEN p_from AND p_to
@@ -96,16 +97,19 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT to_timestamp(floor(extract(epoch FROM h.hour) / greatest(p_bucket_s, 3600))
                         * greatest(p_bucket_s, 3600)), sum(h.n), sum(h.total), min(h.low),
-           max(h.high), (array_agg(h.last ORDER BY h.hour DESC))[1]
+           max(h.high)
     FROM rollup_series_hourly h
-    WHERE p_to - p_from > interval '1 day' AND p_bucket_s < 86400
+    WHERE p_to - p_from > interval '1 day' AND p_to - p_from <= interval '93 days'
+      AND p_bucket_s < 86400
       AND h.series_id = p_series AND h.hour BETWEEN date_trunc('hour', p_from) AND p_to
     GROUP BY 1
     UNION ALL
-    SELECT to_timestamp(floor(extract(epoch FROM d.day) / p_bucket_s) * p_bucket_s), sum(d.n),
-           sum(d.total), min(d.low), max(d.high), (array_agg(d.last ORDER BY d.day DESC))[1]
+    SELECT to_timestamp(floor(extract(epoch FROM d.day) / greatest(p_bucket_s, 86400))
+                        * greatest(p_bucket_s, 86400)), sum(d.n), sum(d.total), min(d.low),
+           max(d.high)
     FROM rollup_series_daily d
-    WHERE p_to - p_from > interval '1 day' AND p_bucket_s >= 86400
+    WHERE p_to - p_from > interval '1 day'
+      AND (p_bucket_s >= 86400 OR p_to - p_from > interval '93 days')
       AND d.series_id = p_series
       AND d.day BETWEEN date_bin('1 day', p_from, timestamptz '2000-01-01 00:00+00') AND p_to
     GROUP BY 1
