@@ -192,12 +192,12 @@ def fill_jobs(conn: psycopg.Connection, *, start: datetime, now: datetime, per_d
     conn.execute(
         "INSERT INTO runs (id, job_id, attempt, site_id, model, accelerators, fencing_token,"
         "  state, agent_id, lease_expires_at, placed_at, leased_at, started_at, ended_at,"
-        "  exit_code, end_reason)"
+        "  exit_code, end_reason, tenant, submitted_at)"
         " SELECT 'run-' || n, 'job-' || n, 1, site, 'H100', 2, n,"
         "   CASE WHEN sub + wait + took < %s THEN outcome ELSE 'running' END, 'agent-' || site,"
         "   sub + wait + took, sub + wait, sub + wait + interval '2 s',"
         "   sub + wait + interval '5 s',"
-        "   CASE WHEN sub + wait + took < %s THEN sub + wait + took END, 0, NULL"
+        "   CASE WHEN sub + wait + took < %s THEN sub + wait + took END, 0, NULL, tenant, sub"
         " FROM bench_jobs", (now, now))
     conn.execute(
         "INSERT INTO job_transitions (job_id, run_id, from_state, to_state, at)"

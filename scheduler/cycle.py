@@ -123,9 +123,9 @@ def _insert_runs(conn: psycopg.Connection, kept: list[Placement], now: datetime,
     )
     conn.execute(
         "INSERT INTO runs (id, job_id, attempt, site_id, model, accelerators, fencing_token,"
-        " state, lease_expires_at, placed_at)"
+        " state, lease_expires_at, placed_at, tenant, submitted_at)"
         " SELECT u.run_id, u.job_id, j.tries, u.site_id, u.model, u.n, nextval('fencing_tokens'),"
-        " 'placed', %s, %s"
+        " 'placed', %s, %s, j.tenant, j.submitted_at"
         " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[])"
         "  AS u(run_id, job_id, site_id, model, n) JOIN jobs j ON j.id = u.job_id",
         (expires, now, run_ids, job_ids, [p.site_id for p in kept], [p.model for p in kept],

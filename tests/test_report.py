@@ -147,10 +147,11 @@ def add_jobs(conn: psycopg.Connection, site_ids: dict[str, int]) -> None:
             conn.execute(
                 "INSERT INTO runs (id, job_id, attempt, site_id, model, accelerators,"
                 " fencing_token, state, lease_expires_at, placed_at, leased_at, started_at,"
-                " ended_at) VALUES (%s, %s, 1, %s, %s, %s, nextval('fencing_tokens'), %s, %s,"
-                " %s, %s, %s, %s)",
+                " ended_at, tenant, submitted_at) VALUES (%s, %s, 1, %s, %s, %s,"
+                " nextval('fencing_tokens'), %s, %s, %s, %s, %s, %s, %s, %s)",
                 (run, job, site_ids[case.site], case.model, case.accelerators, case.state,
-                 case.ended_at, case.placed_at, case.placed_at, case.placed_at, case.ended_at))
+                 case.ended_at, case.placed_at, case.placed_at, case.placed_at, case.ended_at,
+                 case.tenant, submitted))
             hours = case.accelerators * Decimal(
                 (case.ended_at - case.placed_at).total_seconds()) / 3600
             conn.execute(

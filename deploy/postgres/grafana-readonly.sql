@@ -34,7 +34,7 @@ GRANT SELECT (id, tenant, project, name, constraints, tasks, accelerators_per_ta
               end_reason)
     ON jobs TO jinsuan_grafana;
 GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_at, leased_at,
-              started_at, ended_at, exit_code, end_reason)
+              started_at, ended_at, exit_code, end_reason, tenant, submitted_at)
     ON runs TO jinsuan_grafana;
 GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state
     TO jinsuan_grafana;
