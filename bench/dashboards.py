@@ -5,10 +5,12 @@ the simulated fleet would take hours to send a year) with a province: ``--sites`
 enterprises in Shanxi's eleven cities, two sites per data centre, eight accelerators and two
 meters a site; ``--days`` of hourly site rollups; per-device hourly rollups for ``--device-sites``
 sites (the site-detail dashboard shows one site at a time, so the others only make the table
-deeper); one day of raw samples a minute apart for every series; a report every 10 s per agent
-for that day; and ``--jobs-per-day`` jobs with their runs, transitions and usage over the range.
+deeper); the daily rollups summed from those; one day of raw samples a minute apart for every
+series and a report every 10 s per agent for that day; and ``--jobs-per-day`` jobs with their
+runs, transitions and usage over the range.
 Then the rollups run as the hourly rollup job runs them: the raw day per device
-(``roll_series_hour``) and the year's queue time (``roll_queue_hour``), each timed per hour.
+(``roll_hour_for_dashboards``) and the year's queue time (``roll_queue_hour``), each timed
+per hour.
 
 It then runs, as Grafana's read-only role (``deploy/postgres/grafana-readonly.sql``), every SQL
 variable and every SQL panel of every dashboard over the last 90 and the last 365 days, at the
@@ -150,6 +152,19 @@ def fill(conn: psycopg.Connection, *, sites: int, days: int, device_sites: int,
         " LATERAL (SELECT l.level + l.swing * sin(extract(epoch FROM h) / 7200 + se.id) AS v) f"
         " WHERE se.site_id <= %s",
         (start, raw_from - timedelta(hours=1), device_sites))
+    day = "date_bin('1 day', hour, timestamptz '2000-01-01 00:00+00')"
+    conn.execute(
+        "INSERT INTO rollup_series_daily (series_id, day, n, total, low, high, last_ts, last)"
+        f" SELECT series_id, {day}, sum(n), sum(total), min(low), max(high), max(last_ts),"
+        "        (array_agg(last ORDER BY last_ts DESC))[1]"
+        " FROM rollup_series_hourly GROUP BY 1, 2")
+    conn.execute(
+        "INSERT INTO rollup_site_daily (site_id, day, hours, hours_present, it_kwh,"
+        "  facility_kwh, fp16_pflops, accelerators, racks)"
+        f" SELECT site_id, {day}, count(*),"
+        "        bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::integer), sum(it_kwh),"
+        "        sum(facility_kwh), sum(fp16_pflops), sum(accelerators), sum(racks)"
+        " FROM rollup_site_hourly GROUP BY 1, 2")
     Partitions(timescale=False).ensure(conn, [raw_from.date(), now.date()])
     conn.execute(
         "INSERT INTO samples (ts, series_id, value)"
@@ -332,13 +347,14 @@ def catch_up(url: str, now: datetime) -> float:
             (now - timedelta(days=1), now - timedelta(hours=1))).fetchall()
         began = time.perf_counter()
         for site_id, hour in hours:
-            conn.execute("SELECT roll_series_hour(%s, %s)", (site_id, hour))
+            conn.execute("SELECT roll_hour_for_dashboards(%s, %s)", (site_id, hour))
         per_hour = (time.perf_counter() - began) / len(hours)
         began = time.perf_counter()
         written = roll_queue_hours(conn, now)
         per_queue_hour = (time.perf_counter() - began) / max(1, written)
         conn.execute("ANALYZE")
-    print(f"roll_series_hour: {per_hour * 1000:.1f} ms per site-hour ({len(hours)} site-hours)")
+    print(f"roll_hour_for_dashboards: {per_hour * 1000:.1f} ms per site-hour"
+          f" ({len(hours)} site-hours)")
     print(f"roll_queue_hour: {per_queue_hour * 1000:.1f} ms per hour ({written} hours)")
     return per_hour
 

@@ -507,7 +507,7 @@ class _SiteRoller:
         with self.conn.transaction():
             changed = write_site_hour(self.conn, row)
             # The per-device and per-agent hourly figures the dashboards read over long ranges.
-            self.conn.execute("SELECT roll_series_hour(%s, %s)", (self.site_id, hour))
+            self.conn.execute("SELECT roll_hour_for_dashboards(%s, %s)", (self.site_id, hour))
             if advance:
                 self.conn.execute(
                     "UPDATE rollup_state SET watermark = %s WHERE site_id = %s",

@@ -695,6 +695,36 @@ def test_agent_lag_shows_the_backfill(
     assert float(first["value"]) == pytest.approx(age, abs=120)
 
 
+@pytest.mark.parametrize("title", ["Connected FP16 PFlops by city",
+                                   "Connected FP16 PFlops by enterprise",
+                                   "Accelerators and racks connected"])
+def test_province_series_from_daily_rollups_equal_those_from_hourly(
+        conn: psycopg.Connection, title: str) -> None:
+    """Over more than 31 days the province series read the daily rollup; its daily means are
+    those of the hourly rows, each hour counted once however many sites report in it."""
+    with conn.transaction(force_rollback=True):
+        fleet = Fleet(conn)
+        for row in fleet.rows:
+            conn.execute("SELECT roll_hour_for_dashboards(%s, %s)", (row["site_id"], row["hour"]))
+        conn.execute(READONLY_SQL.read_text(encoding="utf-8"))
+        conn.execute("SET LOCAL ROLE jinsuan_grafana")
+        chosen = fleet.variables()
+        first, last = datetime(2025, 12, 31, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+        daily = grafana.panel_rows(conn, "jinsuan-province-overview", title, interval="1d",
+                                   start=first - timedelta(days=30), end=last, chosen=chosen)
+        hourly = grafana.panel_rows(conn, "jinsuan-province-overview", title, interval="1d",
+                                    start=first, end=last - timedelta(microseconds=1),
+                                    chosen=chosen)
+    key = ("time", "metric")
+    assert len(daily) == len(hourly) >= 3
+    by_key = {tuple(r.get(k) for k in key): r for r in hourly}
+    for row in daily:
+        other = by_key[tuple(row.get(k) for k in key)]
+        for column, value in row.items():
+            if column not in key:
+                assert float(value) == pytest.approx(float(other[column])), (row, column)
+
+
 def _relations(plan: Mapping[str, Any]) -> Iterator[str]:
     if "Relation Name" in plan:
         yield plan["Relation Name"]

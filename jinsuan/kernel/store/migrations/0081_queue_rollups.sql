@@ -63,8 +63,9 @@ $$;
 
 -- The mean queue depth per tenant in buckets of p_bucket_s seconds over [p_from, p_to), for the
 -- given tenants and sites (site 0 in p_sites: jobs neither placed nor pinned). A bucket's depth
--- is the job-seconds spent queued in it over its length (clipped to the range). Over a day or
--- less it is computed from the job spans; over a longer range, buckets are at least an hour,
+-- is the job-seconds spent queued in it over its length (clipped to the range). Where
+-- rollup_source() says raw it is computed from the job spans; otherwise buckets are at least an
+-- hour,
 -- whole closed hours come from rollup_queue_hourly and only the part-hours at the range's ends
 -- and the hours not yet rolled up from the spans: the same figure, from a bounded read.
 CREATE FUNCTION queue_depth_points(p_from timestamptz, p_to timestamptz,
@@ -81,7 +82,7 @@ LANGUAGE sql STABLE AS $$
                     date_bin('1 hour', p_to, timestamptz '2000-01-01 00:00+00'),
                     coalesce((SELECT watermark FROM rollup_queue_state), p_from))) ELSE p_to
                END AS hi
-        FROM (SELECT p_to - p_from > interval '1 day' AS long) l
+        FROM (SELECT rollup_source(p_from, p_to) <> 'raw' AS long) l
         CROSS JOIN LATERAL (SELECT make_interval(secs => CASE WHEN long
                             THEN greatest(p_bucket_s, 3600) ELSE p_bucket_s END) AS width) w
     ), whole AS (
