@@ -412,7 +412,7 @@ def running_agent(config: AgentConfig, *, clock: Clock | None = None) -> Iterato
             spool, settings.platform_url, metrics=metrics, clock=clock,
             backoff=Backoff(settings.backoff_base_s, max(settings.backoff_cap_s,
                                                           settings.backoff_base_s)),
-            timeout_s=settings.upload_timeout_s)
+            timeout_s=settings.upload_timeout_s, key=identity.key)
         stack.callback(uploader.close)
         agent = Agent(config, identity, spool, probes, metrics=metrics, clock=clock,
                       uploader=uploader)

@@ -104,6 +104,9 @@ class AgentMetrics:
         self.batches_sent = Counter(
             a + "batches_sent", "Batches the platform acknowledged, by its answer.",
             ["status"], registry=r)
+        self.seq_conflicts = Counter(
+            a + "seq_conflicts", "Times the platform held a batch's seq with another body and"
+            " the pending batches were renumbered.", registry=r)
         self.batches_rejected = Counter(
             a + "batches_rejected", "Batches the platform refused for good (dropped).",
             ["code"], registry=r)

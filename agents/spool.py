@@ -73,6 +73,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             body BLOB NOT NULL
         )""",
     ),
+    (
+        """CREATE TABLE renumbered (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            from_seq INTEGER NOT NULL,
+            to_seq INTEGER NOT NULL,
+            batches INTEGER NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -197,6 +206,46 @@ class Spool:
             )
             db.execute("UPDATE state SET next_seq = ? WHERE id = 1", (seq + 1,))
             return seq
+
+    def renumber(self, first_seq: int, reseal: Callable[[bytes, int], bytes]) -> int:
+        """Move every pending batch up to start at ``first_seq``, in order, rewriting each body
+        with ``reseal(body, new_seq)``; later appends continue after them. Return the shift.
+
+        For a platform that already holds the spool's numbers with other bodies (the agent's
+        state was restored without its spool): the platform names the first number it has not
+        seen, and the batches are re-signed under new numbers, none lost and none sent twice.
+        The whole move is one transaction, recorded in ``renumbered``.
+        """
+        with self._mutex, self._transaction() as db:
+            row = db.execute("SELECT min(seq) FROM batches").fetchone()
+            if row[0] is None:
+                shift = 0
+            else:
+                shift = first_seq - row[0]
+                if shift <= 0:
+                    raise ValueError(f"renumber to {first_seq} would not move batch {row[0]} up")
+                # Highest first, so that no new number meets one not yet moved.
+                for seq, body, size in db.execute(
+                        "SELECT seq, body, size FROM batches ORDER BY seq DESC").fetchall():
+                    new_body = reseal(bytes(body), seq + shift)
+                    db.execute("UPDATE batches SET seq = ?, body = ?, size = ? WHERE seq = ?",
+                               (seq + shift, new_body, len(new_body), seq))
+                    db.execute("UPDATE state SET pending_bytes = pending_bytes + ? WHERE id = 1",
+                               (len(new_body) - size,))
+                db.execute("INSERT INTO renumbered (at, from_seq, to_seq, batches)"
+                           " SELECT ?, ?, ?, count(*) FROM batches",
+                           (time.time(), row[0], first_seq))
+            (next_seq,) = db.execute("SELECT next_seq FROM state WHERE id = 1").fetchone()
+            db.execute("UPDATE state SET next_seq = ? WHERE id = 1",
+                       (max(next_seq + shift, first_seq),))
+            return shift
+
+    def renumberings(self, limit: int = 5) -> list[tuple[float, int, int, int]]:
+        """The latest renumberings: (unix time, first old seq, first new seq, batches)."""
+        with self._mutex:
+            return self._conn().execute(
+                "SELECT at, from_seq, to_seq, batches FROM renumbered ORDER BY id DESC LIMIT ?",
+                (limit,)).fetchall()
 
     def oldest(self, limit: int = 1) -> list[SpooledBatch]:
         """The ``limit`` oldest pending batches, oldest first; reads no more rows than that."""
@@ -346,6 +395,34 @@ def _take_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSummary:
+    pending: int
+    pending_bytes: int
+    rejected: int
+    renumberings: list[tuple[float, int, int, int]]  # as Spool.renumberings
+
+
+def read_summary(path: Path) -> SpoolSummary | None:
+    """What a spool holds, read without its lock (a running agent keeps it open); None when
+    there is no spool yet. For ``jinsuan agent check``."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        pending, pending_bytes = db.execute(
+            "SELECT pending_count, pending_bytes FROM state WHERE id = 1").fetchone()
+        (rejected,) = db.execute("SELECT count(*) FROM rejected").fetchone()
+        has_renumbered = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'renumbered'").fetchone()
+        renumberings = db.execute(
+            "SELECT at, from_seq, to_seq, batches FROM renumbered ORDER BY id DESC LIMIT 5"
+        ).fetchall() if has_renumbered else []
+        return SpoolSummary(pending, pending_bytes, rejected, renumberings)
+    finally:
+        db.close()
 
 
 def _open_db(path: Path) -> sqlite3.Connection:

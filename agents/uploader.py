@@ -16,13 +16,17 @@ What each answer means:
 * 401, 403, 404, 405: the platform does not accept this agent or this URL at all. That is a
   credentials or configuration fault, not the batch's, and dropping would throw away every batch
   until an operator notices; so these are retried with backoff too and logged as errors.
+* 409 ``seq_conflict``: the platform already holds this batch's seq with another body (the
+  agent's state was restored without its spool, so its numbers restarted). The platform names
+  the first seq it has not stored; every pending batch is renumbered from there and re-signed
+  (``Spool.renumber``) and sent again at once: nothing is lost and nothing stored twice.
 * Any other 4xx (422 invalid, 413 too large, ...): the batch itself is refused. The platform's
   error (field and reason) is logged, the batch is moved to the spool's ``rejected`` table with
   that reason, and the next one is sent: a bad batch never blocks the queue.
 
 A spooled record is ``MAGIC, len(agent), len(signature), agent id, signature, gzip body``: the
 signature is over the uncompressed JSON, made when the batch was spooled, so the uploader sends
-the bytes unchanged and needs neither the key nor a JSON parser.
+the bytes unchanged; it needs the key and a JSON parser only to renumber after a seq conflict.
 """
 
 from __future__ import annotations
@@ -48,7 +52,14 @@ from agents.identity import describe_error
 from agents.spool import Spool, SpooledBatch, SpoolError
 from jinsuan import __version__
 from jinsuan.contract import signing
-from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, ReportAck
+from jinsuan.contract.wire import (
+    AGENT_HEADER,
+    SEQ_CONFLICT_CODE,
+    SIGNATURE_HEADER,
+    Batch,
+    ErrorResponse,
+    ReportAck,
+)
 
 log = logging.getLogger("jinsuan.agent.uploader")
 
@@ -77,6 +88,14 @@ def seal(agent_id: str, key: Ed25519PrivateKey, body: bytes) -> bytes:
     agent = agent_id.encode()
     compressed = gzip.compress(body, compresslevel=6, mtime=0)
     return MAGIC + _LENGTHS.pack(len(agent), len(signature)) + agent + signature + compressed
+
+
+def reseal(record: bytes, seq: int, key: Ed25519PrivateKey) -> bytes:
+    """The spooled ``record`` with its batch's ``seq`` changed, signed anew with ``key``."""
+    sealed = unseal(record)
+    batch = Batch.model_validate_json(gzip.decompress(sealed.gzip_body))
+    body = batch.model_copy(update={"seq": seq}).model_dump_json().encode()
+    return seal(sealed.agent_id, key, body)
 
 
 def unseal(record: bytes) -> SealedBatch:
@@ -121,6 +140,7 @@ class Outcome(enum.StrEnum):
     ACKED = "acked"
     DROPPED = "dropped"
     RETRY = "retry"
+    RENUMBERED = "renumbered"  # a seq conflict: the batches moved to new numbers, send again
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +164,10 @@ class Uploader:
         backoff: Backoff | None = None,
         client: httpx.Client | None = None,
         timeout_s: float = 30.0,
+        key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.spool = spool
+        self.key = key  # to re-sign batches renumbered after a seq conflict
         self.url = platform_url.rstrip("/") + REPORTS_PATH
         self.metrics = metrics
         self.clock = clock or SystemClock()
@@ -228,6 +250,8 @@ class Uploader:
             log.error("platform at %s refuses this agent (%s); batch %s kept, retrying",
                       self.url, detail, batch.seq)
             return self._retry(batch.seq, f"http_{status}", detail)
+        if status == 409:
+            return self._renumber(batch.seq, response, detail)
         if 400 <= status < 500:
             log.error("platform rejected batch %s for good: %s; dropping it", batch.seq, detail)
             return self._drop(batch.seq, str(status), detail)
@@ -247,6 +271,29 @@ class Uploader:
             self.metrics.last_upload.set(self.clock.time())
             self._update_backlog()
         return Attempt(Outcome.ACKED, seq, status)
+
+    def _renumber(self, seq: int, response: httpx.Response, detail: str) -> Attempt:
+        """The platform holds this seq with another body (this agent's numbers restarted): move
+        every unsent batch to the numbers it names, re-signed, and send again at once. A 409
+        that names no number, or an uploader without the key, keeps the batch and retries."""
+        try:
+            error = ErrorResponse.model_validate_json(response.content).error
+        except ValidationError:
+            error = None
+        if error is None or error.code != SEQ_CONFLICT_CODE or error.next_seq is None:
+            return self._retry(seq, "http_409", detail)
+        if self.key is None:
+            log.error("batch %s: %s; cannot renumber without the agent's key", seq, detail)
+            return self._retry(seq, "seq_conflict", detail)
+        key = self.key
+        shift = self.spool.renumber(error.next_seq, lambda body, new: reseal(body, new, key))
+        log.warning("the platform already holds seq %s from this agent with another body (was"
+                    " its state restored without its spool?); %d pending batch(es) renumbered"
+                    " from %s", seq, self.spool.pending(), seq + shift)
+        if self.metrics:
+            self.metrics.seq_conflicts.inc()
+            self._update_backlog()
+        return Attempt(Outcome.RENUMBERED, seq, detail)
 
     def _drop(self, seq: int, code: str, reason: str) -> Attempt:
         self.spool.drop(seq, reason)

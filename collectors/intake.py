@@ -51,7 +51,14 @@ from jinsuan.contract.wire import (
     ReportAck,
 )
 from jinsuan.kernel.deps import public
-from jinsuan.kernel.errors import Forbidden, Invalid, JinsuanError, TooLarge, Unauthenticated
+from jinsuan.kernel.errors import (
+    Forbidden,
+    Invalid,
+    JinsuanError,
+    SeqConflict,
+    TooLarge,
+    Unauthenticated,
+)
 from jinsuan.kernel.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -233,6 +240,8 @@ class Intake:
             except Unauthenticated as exc:
                 self.keys.forget(agent_id)
                 raise Rejected("revoked", exc) from None
+            except SeqConflict as exc:
+                raise Rejected("seq_conflict", exc) from None
         if written.status == "duplicate":
             self.metrics.duplicates.inc()
         else:
@@ -279,7 +288,8 @@ class Intake:
 
 def _error(status: int, code: str, reason: str, field: str | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=code, field=field, reason=reason))
-    return JSONResponse(status_code=status, content=body.model_dump())
+    content = body.model_dump(exclude={"error": {"next_seq"}})
+    return JSONResponse(status_code=status, content=content)
 
 
 def router(intake: Intake) -> APIRouter:
@@ -289,7 +299,8 @@ def router(intake: Intake) -> APIRouter:
         "/v1/reports",
         dependencies=[public("authenticated by the agent's Ed25519 signature over the body")],
         response_model=ReportAck,
-        responses={401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+        responses={401: {}, 403: {}, 409: {"model": ErrorResponse}, 413: {}, 415: {}, 422: {},
+                   503: {}},
     )
     async def post_report(request: Request) -> ReportAck | JSONResponse:
         """Store one signed batch of samples from a site agent (``jinsuan.contract.wire.Batch``)."""
@@ -305,6 +316,12 @@ def router(intake: Intake) -> APIRouter:
             intake.metrics.rejected.labels(exc.label).inc()
             if exc.label == "bad_encoding":
                 return _error(415, exc.error.code, exc.error.reason, exc.error.field)
+            if isinstance(exc.error, SeqConflict):
+                log.warning("agent %s: %s", request.headers.get(AGENT_HEADER), exc.error.reason)
+                body = ErrorResponse(error=ErrorBody(
+                    code=exc.error.code, field=exc.error.field, reason=exc.error.reason,
+                    next_seq=exc.error.next_seq))
+                return JSONResponse(status_code=409, content=body.model_dump())
             raise exc.error from None
         except psycopg.Error:
             log.exception("storing a report failed")

@@ -5,7 +5,9 @@ One transaction does everything, in this order:
 1. insert the ``reports`` row (the idempotency key ``(agent_id, seq)`` and the audit trail:
    body SHA-256 and signature) with ``ON CONFLICT DO NOTHING``; a conflict means a duplicate
    or a replay, and nothing else is written;
-2. update the agent's ``last_seq``/``last_report_at``, refusing an agent revoked meanwhile;
+2. update the agent's ``last_seq``/``last_report_at``, refusing an agent revoked meanwhile
+   (a seq already stored is a duplicate only with the same body: another body under it is a
+   ``SeqConflict``);
 3. resolve series ids (a per-process cache, misses upserted);
 4. ``COPY`` the samples in binary format (encoded here, see :func:`encode_samples`);
 5. upsert the inventory when its hash changed since the agent's last report;
@@ -31,7 +33,7 @@ import psycopg
 from collectors.validation import Samples
 from jinsuan.contract.accelerators import fp16_peak
 from jinsuan.contract.wire import Batch, Inventory
-from jinsuan.kernel.errors import Unauthenticated
+from jinsuan.kernel.errors import SeqConflict, Unauthenticated
 from jinsuan.kernel.store import Database
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -186,6 +188,7 @@ class Writer:
             ).fetchone()
             if inserted is None:
                 _check_not_revoked(conn, batch.agent_id)
+                _check_same_body(conn, batch, body_sha256)
                 return Written("duplicate", 0)
             agent = conn.execute(
                 "UPDATE agents SET last_seq = greatest(last_seq, %s), last_report_at = now()"
@@ -225,6 +228,19 @@ def _check_not_revoked(conn: psycopg.Connection, agent_id: str) -> None:
     ).fetchone()
     if row is None or not row[0]:
         raise Unauthenticated(f"agent {agent_id!r} is revoked", field="agent_id")
+
+
+def _check_same_body(conn: psycopg.Connection, batch: Batch, body_sha256: bytes) -> None:
+    """A stored seq sent again is a duplicate only with the same bytes; another body under it
+    is an agent whose numbers restarted (its state restored without its spool), refused so
+    that it stays in the agent's spool until renumbered, never acknowledged and dropped."""
+    row = conn.execute(
+        "SELECT r.body_sha256, a.last_seq FROM reports r JOIN agents a ON a.id = r.agent_id"
+        " WHERE r.agent_id = %s AND r.seq = %s", (batch.agent_id, batch.seq)).fetchone()
+    if row is not None and bytes(row[0]) != body_sha256:
+        raise SeqConflict(
+            f"seq {batch.seq} is already stored for agent {batch.agent_id!r} with another body;"
+            f" the first seq not stored is {row[1] + 1}", next_seq=row[1] + 1)
 
 
 def encode_samples(series_ids: Sequence[int], samples: Samples) -> bytes:

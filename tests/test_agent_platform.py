@@ -7,11 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from servers import serving
 
 from agents.daemon import Agent, start_probes
-from agents.spool import Spool
+from agents.exporter import AgentMetrics
+from agents.spool import Spool, read_summary
 from agents.uploader import Outcome, Uploader
 from jinsuan.app import create_app
 from jinsuan.kernel.platform import Platform
@@ -61,3 +63,58 @@ def test_simulated_site_reports_reach_the_store_exactly_once(tmp_path: Path, con
     assert conn.execute("SELECT last_seq FROM agents WHERE id = %s",
                         (identity.agent_id,)).fetchone()[0] == 3
     assert conn.execute("SELECT count(*) FROM accelerators").fetchone()[0] == 12
+
+
+def test_a_reinstalled_agent_that_lost_its_spool_loses_and_doubles_nothing(
+        tmp_path: Path, conn, platform_url):
+    """The operator reinstalls the host and restores only the agent's identity: its spool is
+    gone, so its numbers start again at 1 under seqs the platform already holds. The platform
+    refuses the new bodies (409, naming the first seq it has not stored) instead of answering
+    "duplicate" and dropping them; the agent renumbers its unsent batches from there, re-signs
+    them and sends them again. Every sample measured is stored exactly once."""
+    config, identity = enrolled_simulated_agent(
+        conn, platform_url, tmp_path, site="reinstalled", city="Taiyuan",
+        enterprise="Shanxi Compute Co", seed=5, fleet={"NVIDIA H800": 4})
+    start = time.time() - 600
+    clock = FixedClock(start)
+    spool_path = config.agent.state_dir / "spool.sqlite"
+    metrics = AgentMetrics(config.site.name)
+
+    def cycles_then_upload(first: int, n: int) -> list[tuple[Outcome, int | None]]:
+        with Spool(spool_path) as spool:
+            agent = Agent(config, identity, spool, start_probes(config), clock=clock)
+            for k in range(first, first + n):
+                clock.t = start + 10 * k
+                agent.cycle()
+            uploader = Uploader(spool, platform_url, timeout_s=10, key=identity.key,
+                                metrics=metrics)
+            try:
+                outcomes = []
+                while (attempt := uploader.send_oldest()).outcome is not Outcome.IDLE:
+                    outcomes.append((attempt.outcome, attempt.seq))
+            finally:
+                uploader.close()
+            assert spool.pending() == 0
+            return outcomes
+
+    assert cycles_then_upload(0, 3) == [(Outcome.ACKED, seq) for seq in (1, 2, 3)]
+    for leftover in spool_path.parent.glob("spool.sqlite*"):
+        leftover.unlink()  # the reinstall: identity restored, spool lost
+    after = cycles_then_upload(3, 4)
+    assert after == [(Outcome.RENUMBERED, 1)] + [(Outcome.ACKED, seq) for seq in (4, 5, 6, 7)]
+
+    stored = conn.execute(
+        "SELECT count(*), count(DISTINCT (x.series_id, x.ts)), count(DISTINCT x.ts)"
+        " FROM samples x JOIN series s ON s.id = x.series_id WHERE s.site_id = %s",
+        (identity.enrolment.site_id,)).fetchone()
+    assert stored[0] == stored[1] > 0  # nothing stored twice
+    assert stored[2] == 7  # every cycle's reading, the three before and the four after
+    assert [seq for (seq,) in conn.execute(
+        "SELECT seq FROM reports WHERE agent_id = %s ORDER BY seq",
+        (identity.agent_id,)).fetchall()] == list(range(1, 8))
+    assert metrics.seq_conflicts._value.get() == 1
+    summary = read_summary(spool_path)
+    assert summary is not None and [(old, new, n) for _, old, new, n in
+                                    summary.renumberings] == [(1, 4, 4)]
+    scraped = httpx.get(f"{platform_url}/metrics").text
+    assert 'reason="seq_conflict"} 1.0' in scraped

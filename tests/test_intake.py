@@ -151,18 +151,24 @@ def test_body_of_another_agent_signed_with_own_key_is_refused(client, conn, org,
     assert counts(conn)["reports"] == 0
 
 
-def test_duplicate_and_replayed_seq_are_acknowledged_without_writing(client, conn, agent):
+def test_a_replay_is_acknowledged_and_another_body_under_a_stored_seq_refused(
+        client, conn, agent):
     first = agent.batch(_recent())
     assert agent.post(client, first).json()["status"] == "stored"
     after_first = counts(conn)
 
     again = agent.post(client, first)
-    replay = agent.post(client, agent.batch(steady_series(now_ms() - 60_000, 3), seq=first.seq))
-
-    for reply in (again, replay):
-        assert reply.status_code == 200
-        assert reply.json() == {"agent_id": agent.id, "seq": first.seq, "status": "duplicate",
-                                "samples": 0}
+    assert again.status_code == 200
+    assert again.json() == {"agent_id": agent.id, "seq": first.seq, "status": "duplicate",
+                            "samples": 0}
+    # New data under the stored seq (an agent whose numbers restarted) is not "duplicate" and
+    # dropped: it is refused, so the agent keeps it, and told where its numbers may resume.
+    other = agent.post(client, agent.batch(steady_series(now_ms() - 60_000, 3), seq=first.seq))
+    assert other.status_code == 409
+    assert other.json()["error"] == {
+        "code": "seq_conflict", "field": "seq", "next_seq": first.seq + 1,
+        "reason": f"seq {first.seq} is already stored for agent {agent.id!r} with another body;"
+                  f" the first seq not stored is {first.seq + 1}"}
     assert counts(conn) == after_first
     second = agent.post(client, agent.batch(steady_series(now_ms() - 50_000, 2)))
     assert second.json()["status"] == "stored"

@@ -331,3 +331,25 @@ def test_sigkill_mid_append_loses_and_duplicates_nothing(tmp_path: Path, kill_af
         assert spool.pending() == len(seqs)
         assert spool.pending_bytes() == sum(len(b.body) for b in stored)
         assert spool.append(batch_body) == seqs[-1] + 1
+
+
+def test_renumber_moves_every_pending_batch_up_in_order_and_later_appends_follow(
+        tmp_path: Path) -> None:
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        for _ in range(5):
+            spool.append(lambda seq: f"batch {seq}".encode())
+        spool.ack(1)
+        spool.ack(2)  # 3, 4 and 5 wait; the platform already holds 1..9 from another life
+        shift = spool.renumber(10, lambda body, seq: body + f" now {seq}".encode())
+        assert shift == 7
+        assert [(b.seq, b.body) for b in spool.oldest(5)] == [
+            (10, b"batch 3 now 10"), (11, b"batch 4 now 11"), (12, b"batch 5 now 12")]
+        assert spool.pending_bytes() == sum(len(b.body) for b in spool.oldest(5))
+        assert spool.append(lambda seq: f"batch {seq}".encode()) == 13
+        (entry,) = spool.renumberings()
+        assert entry[1:] == (3, 10, 3)
+        with pytest.raises(ValueError, match="would not move"):
+            spool.renumber(10, lambda body, seq: body)
+    with Spool(tmp_path / "empty.sqlite") as empty:
+        assert empty.renumber(8, lambda body, seq: body) == 0
+        assert empty.append(lambda seq: b"x") == 8  # numbering resumes where the platform said

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from agents.config import AgentConfig
 
 agent_app = typer.Typer(help="The site agent: enrol it, check its sources, run it.",
                         no_args_is_help=True)
@@ -57,7 +61,8 @@ def check(config: ConfigOption) -> None:
     """Read every configured source once and show what was read; sends nothing."""
     from agents.daemon import check_sources
 
-    results = check_sources(_load(config))
+    loaded = _load(config)
+    results = check_sources(loaded)
     table = Table(title=f"sources in {config}", show_lines=True)
     for column in ("source", "reads from", "status", "time", "what it read", "problems"):
         table.add_column(column, overflow="fold")
@@ -79,8 +84,26 @@ def check(config: ConfigOption) -> None:
         table.add_row(f"{r.probe}\n[dim]{r.key}[/dim]", r.source, status,
                       f"{r.duration_s * 1000:.0f} ms", "\n".join(read), "\n".join(r.errors))
     console.print(table)
+    _print_spool(loaded)
     if any(r.enabled and not r.ok for r in results):
         raise typer.Exit(code=1)
+
+
+def _print_spool(config: AgentConfig) -> None:
+    """The spool's backlog and any renumbering after a seq conflict with the platform."""
+    from agents.daemon import SPOOL_FILE
+    from agents.spool import read_summary
+
+    summary = read_summary(config.agent.state_dir / SPOOL_FILE)
+    if summary is None:
+        console.print("spool: none yet (the agent has not run)")
+        return
+    console.print(f"spool: {summary.pending} batch(es) pending ({summary.pending_bytes} bytes),"
+                  f" {summary.rejected} rejected by the platform")
+    for at, old, new, batches in summary.renumberings:
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+        console.print(f"[yellow]seq conflict[/yellow] at {when}: the platform already held seq"
+                      f" {old} with another body; {batches} batch(es) renumbered from {new}")
 
 
 @agent_app.command("run")

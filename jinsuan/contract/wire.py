@@ -100,10 +100,16 @@ class ReportAck(_Wire):
     samples: int
 
 
+SEQ_CONFLICT_CODE = "seq_conflict"
+
+
 class ErrorBody(_Wire):
     code: str
     field: str | None = None
     reason: str
+    next_seq: int | None = Field(
+        default=None, description=f"With {SEQ_CONFLICT_CODE!r}: the first seq the platform has"
+        " not stored for the agent; the agent renumbers its unsent batches from it.")
 
 
 class ErrorResponse(_Wire):

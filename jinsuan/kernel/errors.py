@@ -38,5 +38,16 @@ class Conflict(JinsuanError):
     code = "conflict"
 
 
+class SeqConflict(Conflict):
+    """A report under a seq the platform already holds with another body (409): never stored
+    over the first, never acknowledged; ``next_seq`` is where the agent's numbers may resume."""
+
+    code = "seq_conflict"
+
+    def __init__(self, reason: str, *, next_seq: int) -> None:
+        super().__init__(reason, field="seq")
+        self.next_seq = next_seq
+
+
 class TooLarge(JinsuanError):
     code = "too_large"
