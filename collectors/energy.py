@@ -13,8 +13,9 @@ Policy rules implemented here (see ``shared/policy/MEASURES.md``):
   (:func:`integrate_power`).
 - An interval longer than ``max_gap`` (three nominal sample intervals, :func:`max_gap_for`)
   is a gap: it does not count as covered, and power is not bridged across it.
-- A counter that goes backwards was reset (restarted from zero); it never yields negative
-  energy.
+- A counter's increases follow the one counter rule (``jinsuan.kernel.counters``): a drop
+  that recovers is a glitch and skipped, a drop that stays is a reset counted from zero, and an
+  increase faster than the device's rated maximum power is refused; never negative energy.
 - PUE is facility energy over IT energy for the period (ISO/IEC 30134-2), never a mean of
   instantaneous ratios (:func:`pue`).
 """
@@ -25,6 +26,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from jinsuan.kernel.counters import Counted, steps
 
 GAP_INTERVALS = 3
 """A gap longer than this many nominal sample intervals is not bridged (policy rule)."""
@@ -83,15 +86,16 @@ def integrate_power(points: Points, start: float, end: float, max_gap: float) ->
     return Integral(joules, covered)
 
 
-def integrate_counter(points: Points, start: float, end: float, max_gap: float) -> Integral:
+def integrate_counter(points: Points, start: float, end: float, max_gap: float,
+                      max_rate: float = math.inf, counted: Counted | None = None) -> Integral:
     """Energy over ``[start, end)`` from a cumulative joules counter, and its coverage.
 
-    For consecutive readings ``a`` then ``b`` the increase is ``b - a``, or ``b`` when the
-    counter went backwards (a reset: it restarted from zero, so ``b`` is what it counted
-    since). The part of an increase attributed to the window is proportional to the part of
-    the interval inside it, i.e. the counter is interpolated linearly. Two readings with the
-    same timestamp are a step at that instant, attributed to the window when the instant is
-    in it.
+    The increases between readings are those of the one counter rule
+    (:func:`jinsuan.kernel.counters.steps`: a glitch is skipped, a reset counts from zero, an
+    increase above ``max_rate`` joules a second is refused; ``counted`` tallies them). The part
+    of an increase attributed to the window is proportional to the part of the interval inside
+    it, i.e. the counter is interpolated linearly. Two readings with the same timestamp are a
+    step at that instant, attributed to the window when the instant is in it.
 
     Intervals longer than ``max_gap`` still contribute their increase but no coverage. The
     register kept counting while no readings arrived, so the difference between two readings
@@ -100,34 +104,29 @@ def integrate_counter(points: Points, start: float, end: float, max_gap: float) 
     spread in time, so a gap that straddles the window's edge is split by an assumption, and
     the gap is reported as not covered so that the period is flagged. One exception to "the
     increase is measured": when the counter was reset inside an interval, the energy counted
-    between the earlier reading and the reset is lost; only ``b`` is counted. This is the same
-    rule as for short intervals, but a long gap makes the loss larger.
+    between the earlier reading and the reset is lost; only the new reading is counted.
     """
     _check_window(start, end, max_gap)
+    for index, (t, c) in enumerate(points):
+        _check_counter_point(index, t, c)
+        if index and t < points[index - 1][0]:
+            raise ValueError(f"points are not sorted: point {index} at {t!r} is before"
+                             f" {points[index - 1][0]!r}")
     joules = 0.0
     covered = 0.0
-    iterator = enumerate(points)
-    first = next(iterator, None)
-    if first is None:
-        return Integral(0.0, 0.0)
-    t0, c0 = first[1]
-    _check_counter_point(0, t0, c0)
-    for index, (t1, c1) in iterator:
-        _check_counter_point(index, t1, c1)
+    for step in steps(points, max_rate, counted):
+        t0, t1 = step.t0, step.t1
         dt = t1 - t0
-        if dt < 0:
-            raise ValueError(f"points are not sorted: point {index} at {t1!r} is before {t0!r}")
         if dt == 0:
             if start <= t1 < end:
-                joules += c1 - c0 if c1 >= c0 else c1
+                joules += step.increase
         elif t1 > start and t0 < end:
-            increase = c1 - c0 if c1 >= c0 else c1
             lo = t0 if t0 > start else start
             hi = t1 if t1 < end else end
-            joules += increase if (lo == t0 and hi == t1) else increase * ((hi - lo) / dt)
+            joules += step.increase if (lo == t0 and hi == t1) else step.increase * (
+                (hi - lo) / dt)
             if dt <= max_gap:
                 covered += hi - lo
-        t0, c0 = t1, c1
     return Integral(joules, _at_most_window(covered, start, end))
 
 

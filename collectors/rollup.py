@@ -47,6 +47,8 @@ from collectors.energy import (
     time_weighted_mean,
 )
 from collectors.queue_rollup import roll_queue_hours
+from jinsuan.contract.metrics import CATALOGUE
+from jinsuan.kernel.counters import Counted
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
 
@@ -120,6 +122,7 @@ class SiteHour:
     coverage_it: float
     coverage_facility: float
     coverage_accelerators: float
+    quality: list[str]  # what the counter rule did to the hour's energy readings, by role
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +147,14 @@ def summarise(site_id: int, hour: datetime, window: Window) -> SiteHour:
     }
     energy: dict[str, float | None] = {}
     coverage: dict[str, float] = {}
+    quality: list[str] = []
     for role in ("it", "facility"):
         meters = {
             m for m in inventory.meters_present | reporting if inventory.meter_roles.get(m) == role
         }
-        integrals = [_meter_energy(tracks, m, start, end) for m in sorted(meters)]
+        counted = Counted()
+        integrals = [_meter_energy(tracks, m, start, end, counted) for m in sorted(meters)]
+        quality += [f"{role}_{flag}" for flag in counted.flags]
         measured = [i for i in integrals if i is not None and (i.joules > 0 or i.covered_s > 0)]
         energy[role] = sum(i.joules for i in measured) if measured else None
         coverage[role] = (
@@ -202,16 +208,18 @@ def summarise(site_id: int, hour: datetime, window: Window) -> SiteHour:
             sum(covered.get(d, 0.0) for d in accelerators) / span / len(accelerators)
             if accelerators else 0.0
         ),
+        quality=quality,
     )
 
 
 def _meter_energy(
-    tracks: dict[tuple[str, str], Track], meter: str, start: float, end: float
+    tracks: dict[tuple[str, str], Track], meter: str, start: float, end: float, counted: Counted
 ) -> Integral | None:
     """A meter's energy: from its counter when it has two readings around the hour, else power."""
     counter = tracks.get((ENERGY, meter))
     if counter is not None and len(counter.points) >= 2:
-        return integrate_counter(counter.points, start, end, counter.max_gap)
+        return integrate_counter(counter.points, start, end, counter.max_gap,
+                                 CATALOGUE[ENERGY].max_rate, counted)
     power = tracks.get((POWER, meter))
     if power is not None:
         return integrate_power(power.points, start, end, power.max_gap)
@@ -294,7 +302,7 @@ def _inventory(conn: psycopg.Connection, site_id: int, end: datetime) -> Invento
 
 _COLUMNS = (
     "it_kwh", "facility_kwh", "pue", "fp16_pflops", "accelerators", "racks", "utilization",
-    "coverage_it", "coverage_facility", "coverage_accelerators",
+    "coverage_it", "coverage_facility", "coverage_accelerators", "quality",
 )
 _UPSERT_SQL = (
     f"INSERT INTO rollup_site_hourly (site_id, hour, {', '.join(_COLUMNS)})"

@@ -33,6 +33,7 @@ from collectors.energy import (
     max_gap_for,
     pue,
 )
+from jinsuan.contract.metrics import CATALOGUE
 
 _MARGIN = timedelta(minutes=15)  # samples fetched before the window, to interpolate its start
 
@@ -196,7 +197,8 @@ def _meters(
         agg.meters += 1
         counter, power = by_metric["meter_energy_joules_total"], by_metric["meter_power_watts"]
         if counter:
-            energy = integrate_counter(counter, lo, hi, max_gap_for([t for t, _ in counter]))
+            energy = integrate_counter(counter, lo, hi, max_gap_for([t for t, _ in counter]),
+                                       CATALOGUE["meter_energy_joules_total"].max_rate)
         elif power:
             energy = integrate_power(power, lo, hi, max_gap_for([t for t, _ in power]))
         else:

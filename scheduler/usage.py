@@ -6,9 +6,10 @@
   accelerators of the run's model / 1000.
 - Energy: the increase of the ``accelerator_energy_joules_total`` counters of the site's
   accelerators of that model, from the last sample at or before the start to the last sample at
-  or before the end (a counter that went down restarted from zero). Which devices a run used is
-  not reported, so the pool's energy is apportioned by the run's share of the pool
-  (accelerators / pool size); ``energy_method`` says so on each record.
+  or before the end, by the one counter rule the rollups use (``jinsuan.kernel.counters``: a
+  glitch skipped, a reset counted from zero, a rise above 2 kW a device refused). Which
+  devices a run used is not reported, so the pool's energy is apportioned by the run's share of
+  the pool (accelerators / pool size); ``energy_method`` says so on each record.
 - Cost: accelerator-hours × the site's price for the model, in yuan, rounded to the fen
   (ROUND_HALF_UP). Money and quantities are ``Decimal``; nothing passes through a float.
 
@@ -23,7 +24,9 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import psycopg
 
+from jinsuan.contract.metrics import CATALOGUE
 from jinsuan.contract.money import is_fen, to_fen
+from jinsuan.kernel.counters import LOOKAHEAD, steps
 from jinsuan.kernel.errors import Invalid, NotFound
 
 MICRO = Decimal("0.000001")
@@ -59,25 +62,43 @@ def compute_usage(accelerators: int, start: datetime, end: datetime, *,
     return Usage(acc_hours, pflop_hours, energy, cost)
 
 
-_POOL_ENERGY = """
+_POOL_POINTS = """
 WITH devs AS (
     SELECT s.id FROM accelerators a
     JOIN series s ON s.site_id = a.site_id AND s.metric = 'accelerator_energy_joules_total'
      AND s.device = a.uuid
     WHERE a.site_id = %(site)s AND a.model = %(model)s
-), pts AS (
-    SELECT x.series_id, x.ts, x.value FROM samples x
-    WHERE x.series_id IN (SELECT id FROM devs) AND x.ts > %(start)s AND x.ts <= %(end)s
-    UNION ALL
-    SELECT d.id, b.ts, b.value FROM devs d CROSS JOIN LATERAL (
-        SELECT ts, value FROM samples WHERE series_id = d.id AND ts <= %(start)s
-        ORDER BY ts DESC LIMIT 1) b
-), steps AS (
-    SELECT value, lag(value) OVER (PARTITION BY series_id ORDER BY ts) AS prev FROM pts
 )
-SELECT sum(CASE WHEN value >= prev THEN value - prev ELSE value END)::numeric
-FROM steps WHERE prev IS NOT NULL
+SELECT x.series_id, extract(epoch FROM x.ts)::float8, x.value FROM samples x
+WHERE x.series_id IN (SELECT id FROM devs) AND x.ts > %(start)s AND x.ts <= %(end)s
+UNION ALL
+SELECT d.id, extract(epoch FROM b.ts)::float8, b.value FROM devs d CROSS JOIN LATERAL (
+    SELECT ts, value FROM samples WHERE series_id = d.id AND ts <= %(start)s
+    ORDER BY ts DESC, value DESC LIMIT 1) b
+UNION ALL
+SELECT d.id, extract(epoch FROM a.ts)::float8, a.value FROM devs d CROSS JOIN LATERAL (
+    SELECT ts, value FROM samples WHERE series_id = d.id AND ts > %(end)s
+    ORDER BY ts, value LIMIT %(lookahead)s) a
+ORDER BY 1, 2, 3
 """
+
+
+def pool_joules(conn: psycopg.Connection, site_id: int, model: str, start: datetime,
+                end: datetime) -> Decimal | None:
+    """The rise of the energy counters of the site's accelerators of ``model`` from the last
+    reading at or before ``start`` to the last at or before ``end``, by the one counter rule
+    (the readings just after ``end`` only tell a glitch from a reset); None without two
+    readings of any counter in that span."""
+    by_series: dict[int, list[tuple[float, float]]] = {}
+    for series_id, t, value in conn.execute(
+            _POOL_POINTS, {"site": site_id, "model": model, "start": start, "end": end,
+                           "lookahead": LOOKAHEAD}).fetchall():
+        by_series.setdefault(series_id, []).append((t, value))
+    limit = end.timestamp()
+    max_rate = CATALOGUE["accelerator_energy_joules_total"].max_rate
+    rises = [step.increase for points in by_series.values()
+             for step in steps(points, max_rate) if step.t1 <= limit]
+    return Decimal(sum(rises)) if rises else None
 
 
 def record_usage(conn: psycopg.Connection, run_id: str) -> int:
@@ -96,8 +117,7 @@ def record_usage(conn: psycopg.Connection, run_id: str) -> int:
     pool_size, tflops = conn.execute(
         "SELECT count(*), coalesce(avg(fp16_tflops), 0)::numeric FROM accelerators"
         " WHERE site_id = %s AND model = %s", (site_id, model)).fetchone()
-    joules = conn.execute(_POOL_ENERGY, {"site": site_id, "model": model, "start": start,
-                                         "end": end}).fetchone()[0]
+    joules = pool_joules(conn, site_id, model, start, end)
     price = price if price is not None else Decimal(0)
     usage = compute_usage(accelerators, start, end, mean_fp16_tflops=tflops, price=price,
                           pool_joules=joules, pool_size=pool_size)

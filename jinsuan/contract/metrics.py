@@ -35,6 +35,9 @@ class Metric:
     help: str
     minimum: float
     maximum: float
+    max_rate: float = math.inf
+    """A counter's fastest plausible rise, per second: for an energy register, in joules a
+    second, the rated maximum power of what it meters (jinsuan.kernel.counters)."""
 
     def check(self, value: float) -> str | None:
         """Return why ``value`` is implausible for this metric, or None when it is fine."""
@@ -56,7 +59,8 @@ CATALOGUE: dict[str, Metric] = {
         Metric("accelerator_power_watts", Kind.GAUGE, Scope.ACCELERATOR, "W",
                "Board power draw.", 0, 2_000),
         Metric("accelerator_energy_joules_total", Kind.COUNTER, Scope.ACCELERATOR, "J",
-               "Energy consumed since the driver loaded (NVML total energy).", 0, _HUGE),
+               "Energy consumed since the driver loaded (NVML total energy).", 0, _HUGE,
+               max_rate=2_000),  # no accelerator board draws more than 2 kW
         Metric("accelerator_utilization_ratio", Kind.GAUGE, Scope.ACCELERATOR, "1",
                "Fraction of time a kernel was running, 0..1.", 0, 1),
         Metric("accelerator_memory_used_bytes", Kind.GAUGE, Scope.ACCELERATOR, "B",
@@ -75,7 +79,8 @@ CATALOGUE: dict[str, Metric] = {
         Metric("meter_power_watts", Kind.GAUGE, Scope.METER, "W",
                "Active power through a facility or IT meter.", 0, 1e9),
         Metric("meter_energy_joules_total", Kind.COUNTER, Scope.METER, "J",
-               "Cumulative active energy register of a facility or IT meter.", 0, _HUGE),
+               "Cumulative active energy register of a facility or IT meter.", 0, _HUGE,
+               max_rate=100e6),  # 100 MW: more than any one meter of a data centre carries
         Metric("site_racks", Kind.GAUGE, Scope.SITE, "1",
                "Physical racks in the site's inventory.", 0, 100_000),
         Metric("site_terminals_served", Kind.GAUGE, Scope.SITE, "1",
