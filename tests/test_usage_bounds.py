@@ -73,6 +73,10 @@ def test_the_inflated_claim_is_refused_then_billed_within_what_the_platform_saw(
     assert "started before its lease" in why and "max_runtime_s 3600" in why
     shown = client.get(f"/v1/jobs/{job_id}", headers=keys["t1"]).json()
     assert shown["state"] == "succeeded"
+    window = {"from": (leased_at - HOUR).isoformat(), "to": (ended + HOUR).isoformat()}
+    (listed,) = client.get("/v1/usage", params=window, headers=keys["t1"]).json()["records"]
+    assert listed["bounded_by"] == why and listed["claimed_ended_at"] is not None
+    assert datetime.fromisoformat(listed["claimed_started_at"]) == claimed_start
 
 
 def test_claims_inside_what_the_platform_saw_are_billed_as_claimed(
