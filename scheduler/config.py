@@ -52,6 +52,14 @@ class SchedulerConfig(BaseSettings):
         description="A job blocked this long reserves the pool where it will fit soonest.",
     )
     max_reservations: int = Field(default=16, ge=0)
+    runtime_grace_s: float = Field(
+        default=300.0, ge=0,
+        description="Billed run time may exceed a job's max_runtime_s by this much (the time an"
+                    " executor needs to notice the limit and stop the job).")
+    clock_skew_s: float = Field(
+        default=30.0, ge=0,
+        description="A site's reported time may be this far ahead of the platform's clock; a"
+                    " time further ahead is refused as a claim in the future.")
     lost_lease_allowance: int = Field(
         default=3, ge=0, description="Tries beyond 1 + retries that lost leases may use."
     )

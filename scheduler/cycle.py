@@ -22,6 +22,7 @@ from scheduler.jobs import move_run, new_run_id, requeue_or_fail
 from scheduler.placement import Decisions, Placement, Snapshot, place
 from scheduler.snapshot import InventoryCache, load_snapshot
 from scheduler.states import JobState, RunState, transition
+from scheduler.usage import record_unreported_end
 from scheduler.wakeups import notify_placed
 
 
@@ -54,8 +55,10 @@ def expire_leases(conn: psycopg.Connection, now: datetime, cfg: SchedulerConfig,
 
 def expire_run(conn: psycopg.Connection, run_id: str, job_id: str, state: RunState,
                now: datetime, cfg: SchedulerConfig) -> None:
-    """Mark a locked live run lost and re-queue its job if the run is still the job's."""
+    """Mark a locked live run lost, meter what it held, and re-queue its job if the run is
+    still the job's."""
     move_run(conn, run_id, state, RunState.LOST, now, ended_at=now, end_reason="lease expired")
+    record_unreported_end(conn, run_id, "lease expired")
     job = conn.execute("SELECT state, current_run_id FROM jobs WHERE id = %s FOR UPDATE",
                        (job_id,)).fetchone()
     if job[1] == run_id and JobState(job[0]) in (JobState.PLACED, JobState.LEASED,

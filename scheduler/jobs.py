@@ -18,6 +18,7 @@ from jinsuan.kernel.errors import Conflict, NotFound
 from scheduler.config import SchedulerConfig
 from scheduler.spec import JobSpec
 from scheduler.states import JobState, RunState, transition
+from scheduler.usage import record_unreported_end
 
 
 def new_job_id() -> str:
@@ -154,6 +155,7 @@ def cancel_job(conn: psycopg.Connection, job_id: str, at: datetime,
                                               (run_id,)).fetchone()[0])
             move_run(conn, run_id, run_state, RunState.CANCELLED, at, ended_at=at,
                      end_reason="cancelled by the dispatcher")
+            record_unreported_end(conn, run_id, "cancelled by the dispatcher")
         move_job(conn, job_id, state, JobState.CANCELLED, at, run_id=run_id, ended=True,
                  reason="cancelled by the dispatcher")
     return JobState.CANCELLED

@@ -26,6 +26,7 @@ from jinsuan.contract.leasewire import (
 )
 from jinsuan.kernel.agentauth import SignedBy
 from jinsuan.kernel.errors import Conflict, NotFound
+from scheduler.bounds import bound_claims, bound_start
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import expire_run
 from scheduler.jobs import move_job, move_run, requeue_or_fail
@@ -89,8 +90,8 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
             else:
                 renewed.append(run_id)
         if renewed:
-            conn.execute("UPDATE runs SET lease_expires_at = %s WHERE id = ANY(%s)",
-                         (now + ttl, renewed))
+            conn.execute("UPDATE runs SET lease_expires_at = %s, last_heard_at = %s"
+                         " WHERE id = ANY(%s)", (now + ttl, now, renewed))
         new = _lease_placed(conn, agent, placed.fetchall(), now,
                             now + ttl) if placed is not None else []
     return LeaseReply(lease_ttl_s=cfg.lease_ttl_s, renewed=renewed, new=new, cancel=cancel,
@@ -136,11 +137,14 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
                  cfg: SchedulerConfig, now: datetime) -> EventAck:
     with conn.transaction():
         row = conn.execute(
-            "SELECT job_id, site_id, fencing_token, state, lease_expires_at, exit_code"
-            " FROM runs WHERE id = %s FOR UPDATE", (run_id,)).fetchone()
+            "SELECT r.job_id, r.site_id, r.fencing_token, r.state, r.lease_expires_at,"
+            " r.exit_code, r.leased_at, r.claimed_started_at, j.max_runtime_s"
+            " FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id = %s FOR UPDATE OF r",
+            (run_id,)).fetchone()
         if row is None:
             raise NotFound(f"no run {run_id}", field="run_id")
-        job_id, site_id, token, state, expires, exit_code = row
+        (job_id, site_id, token, state, expires, exit_code, leased_at, claimed_start,
+         max_runtime_s) = row
         state = RunState(state)
         if site_id != agent.site_id or token != event.fencing_token:
             raise StaleLease(f"fencing token {event.fencing_token} is not run {run_id}'s"
@@ -156,28 +160,36 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
                              field="fencing_token")
         job_state = JobState(conn.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE",
                                           (job_id,)).fetchone()[0])
-        started = event.started_at or (event.at if event.state is RunEventState.RUNNING else None)
+        claimed_start = event.started_at or claimed_start or (
+            event.at if event.state is RunEventState.RUNNING else None)
         if event.state is RunEventState.RUNNING:
-            move_run(conn, run_id, state, RunState.RUNNING, now, started_at=started or now,
+            started = bound_start(claimed_start, leased_at=leased_at, received_at=now,
+                                  clock_skew_s=cfg.clock_skew_s)
+            move_run(conn, run_id, state, RunState.RUNNING, now, started_at=started,
+                     claimed_started_at=claimed_start, last_heard_at=now,
                      executor_ref=event.executor_ref)
-            move_job(conn, job_id, job_state, JobState.RUNNING, event.at, run_id=run_id,
+            move_job(conn, job_id, job_state, JobState.RUNNING, started, run_id=run_id,
                      reason=f"running at {event.executor_ref or agent.agent_id}")
             return EventAck(status=EVENT_STATUS_RECORDED)
         run_end, job_end = _END_STATES[event.state]
-        ended = event.ended_at or event.at
+        claimed_end = event.ended_at or event.at
+        billed = bound_claims(claimed_start=claimed_start, claimed_end=claimed_end,
+                              leased_at=leased_at, received_at=now,
+                              max_runtime_s=max_runtime_s, runtime_grace_s=cfg.runtime_grace_s,
+                              clock_skew_s=cfg.clock_skew_s)
         reason = f"exit code {event.exit_code}" if event.exit_code is not None else event.state
-        conn.execute("UPDATE runs SET started_at = coalesce(started_at, %s, leased_at)"
-                     " WHERE id = %s", (started, run_id))
-        move_run(conn, run_id, state, run_end, now, ended_at=ended, exit_code=event.exit_code,
-                 log_tail=event.log_tail, end_reason=reason,
-                 executor_ref=event.executor_ref)
+        move_run(conn, run_id, state, run_end, now, started_at=billed.started_at,
+                 ended_at=billed.ended_at, claimed_started_at=claimed_start,
+                 claimed_ended_at=claimed_end, last_heard_at=now, exit_code=event.exit_code,
+                 log_tail=event.log_tail, end_reason=reason, executor_ref=event.executor_ref)
         if job_end is JobState.SUCCEEDED:
-            move_job(conn, job_id, job_state, job_end, ended, run_id=run_id, ended=True,
-                     reason=reason)
+            move_job(conn, job_id, job_state, job_end, billed.ended_at, run_id=run_id,
+                     ended=True, reason=reason)
         else:
-            requeue_or_fail(conn, job_id, job_state, run_id, ended, lost=False,
+            requeue_or_fail(conn, job_id, job_state, run_id, billed.ended_at, lost=False,
                             reason=f"run {run_id} failed: {reason}", cfg=cfg)
-        record_usage(conn, run_id)
+        record_usage(conn, run_id, started_at=billed.started_at, ended_at=billed.ended_at,
+                     bounded_by=billed.bounded_by)
     return EventAck(status=EVENT_STATUS_RECORDED)
 
 

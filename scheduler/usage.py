@@ -1,7 +1,8 @@
 """Usage metering: one immutable record per ended run; corrections are adjusting records.
 
-- Accelerator-hours: the run's accelerators × (end − start), start being the executor's reported
-  start, else the lease time; kept to 10⁻⁶ h.
+- Accelerator-hours: the run's accelerators × (end − start), the billed start and end that
+  :mod:`scheduler.bounds` allows the site's claims (the record keeps the claims beside them);
+  kept to 10⁻⁶ h.
 - FP16 PFLOP-hours at nameplate: accelerator-hours × the mean ``fp16_tflops`` of the site's
   accelerators of the run's model / 1000.
 - Energy: the increase of the ``accelerator_energy_joules_total`` counters of the site's
@@ -101,19 +102,21 @@ def pool_joules(conn: psycopg.Connection, site_id: int, model: str, start: datet
     return Decimal(sum(rises)) if rises else None
 
 
-def record_usage(conn: psycopg.Connection, run_id: str) -> int:
-    """Write the usage record of an ended run; return its id."""
+def record_usage(conn: psycopg.Connection, run_id: str, *, started_at: datetime,
+                 ended_at: datetime, bounded_by: str = "") -> int:
+    """Write the usage record of an ended run, billed from ``started_at`` to ``ended_at`` (the
+    times :mod:`scheduler.bounds` allowed; ``bounded_by`` says why they differ from the site's
+    claims, which the record keeps beside them); return its id."""
     row = conn.execute(
         "SELECT r.job_id, j.tenant, j.project, r.site_id, r.model, r.accelerators,"
-        " coalesce(r.started_at, r.leased_at), r.ended_at, p.yuan_per_accelerator_hour"
+        " r.claimed_started_at, r.claimed_ended_at, p.yuan_per_accelerator_hour"
         " FROM runs r JOIN jobs j ON j.id = r.job_id"
         " LEFT JOIN site_prices p ON p.site_id = r.site_id AND p.model = r.model"
         " WHERE r.id = %s", (run_id,)).fetchone()
     if row is None:
         raise NotFound(f"no run {run_id}", field="run_id")
-    job_id, tenant, project, site_id, model, accelerators, start, end, price = row
-    if start is None or end is None:
-        raise Invalid(f"run {run_id} has not both started and ended", field="run_id")
+    job_id, tenant, project, site_id, model, accelerators, claimed_start, claimed_end, price = row
+    start, end = started_at, ended_at
     pool_size, tflops = conn.execute(
         "SELECT count(*), coalesce(avg(fp16_tflops), 0)::numeric FROM accelerators"
         " WHERE site_id = %s AND model = %s", (site_id, model)).fetchone()
@@ -127,11 +130,28 @@ def record_usage(conn: psycopg.Connection, run_id: str) -> int:
     return conn.execute(
         "INSERT INTO usage_records (run_id, job_id, tenant, project, site_id, model,"
         " accelerators, started_at, ended_at, accelerator_hours, fp16_pflop_hours, energy_kwh,"
-        " energy_method, yuan_per_accelerator_hour, cost_yuan)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        " energy_method, yuan_per_accelerator_hour, cost_yuan, claimed_started_at,"
+        " claimed_ended_at, bounded_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING id",
         (run_id, job_id, tenant, project, site_id, model, accelerators, start, end,
          usage.accelerator_hours, usage.fp16_pflop_hours, usage.energy_kwh, method, price,
-         usage.cost_yuan)).fetchone()[0]
+         usage.cost_yuan, claimed_start, claimed_end, bounded_by)).fetchone()[0]
+
+
+def record_unreported_end(conn: psycopg.Connection, run_id: str, why: str) -> int | None:
+    """Meter a run that held accelerators and ended without its site's report (lease expired,
+    or cancelled): from its start (else its lease) to the last moment the platform heard it
+    alive. A run never leased held nothing and gets no record."""
+    row = conn.execute(
+        "SELECT coalesce(started_at, leased_at), coalesce(last_heard_at, leased_at)"
+        " FROM runs WHERE id = %s", (run_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    start, heard = row
+    return record_usage(conn, run_id, started_at=start, ended_at=max(start, heard),
+                        bounded_by=f"{why}: billed to the last moment the platform heard the"
+                                   " run alive")
 
 
 def record_adjustment(conn: psycopg.Connection, original_id: int, *, reason: str,

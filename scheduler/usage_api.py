@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
@@ -44,6 +44,12 @@ class UsageRecord(BaseModel):
     adjusts: int | None
     reason: str
     recorded_at: datetime
+    claimed_started_at: datetime | None = Field(
+        description="The start the site reported; started_at is what was billed.")
+    claimed_ended_at: datetime | None = Field(
+        description="The end the site reported (none when it ended without a report).")
+    bounded_by: str = Field(
+        description="Why the billed times differ from the claims; empty when they do not.")
 
 
 class UsageTotals(BaseModel):
@@ -93,7 +99,8 @@ def usage_router() -> APIRouter:
             "SELECT u.id, u.run_id, u.job_id, u.tenant, u.project, s.name, u.model,"
             " u.accelerators, u.started_at, u.ended_at, u.accelerator_hours,"
             " u.fp16_pflop_hours, u.energy_kwh, u.energy_method, u.yuan_per_accelerator_hour,"
-            " u.cost_yuan, u.adjusts, u.reason, u.recorded_at"
+            " u.cost_yuan, u.adjusts, u.reason, u.recorded_at, u.claimed_started_at,"
+            " u.claimed_ended_at, u.bounded_by"
             " FROM usage_records u JOIN sites s ON s.id = u.site_id"
             f" WHERE {' AND '.join(where)} ORDER BY u.ended_at, u.id",
             params,

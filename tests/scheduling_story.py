@@ -61,9 +61,12 @@ ENDS = {"D": (80, "cancelled", None), "B": (90, "succeeded", "dt-1"),
 # Runs that sent their job back to the queue: run → (minute, site, 'lost' or 'failed').
 REQUEUES = {"C1": (55, "dt-1", "failed"), "A1": (70, "ty-1", "lost")}
 # Metered runs: run → (tenant, job, site, accelerators, start, end). B1's record is adjusted.
+# Every run that held accelerators is metered: A1 (lost) and E1 (cancelled while running) to
+# the last heartbeat that named them (45 and 150).
 METERED = {"B1": ("t2", "B", "dt-1", 2, 21, 90), "C1": ("t1", "C", "dt-1", 2, 50, 55),
            "A2": ("t1", "A", "ty-2", 4, 136, 160), "C2": ("t1", "C", "ty-2", 2, 136, 165),
-           "H1": ("t1", "H", "dt-1", 1, 216, 230)}
+           "H1": ("t1", "H", "dt-1", 1, 216, 230), "A1": ("t1", "A", "ty-1", 4, 21, 45),
+           "E1": ("t2", "E", "ty-2", 1, 136, 150)}
 ADJUSTMENT = {"run": "B1", "energy kWh": Decimal("-0.100000"), "cost yuan": Decimal("-1.00")}
 # dt-1's energy counters: every device reads these joules at these minutes.
 DT1_COUNTERS = [(20, 1e6), (89, 2.8e6)]

@@ -374,11 +374,11 @@ def test_usage_by_tenant_sums_records_and_adjustments_in_decimal(
     assert got == expected_usage()
     assert all(isinstance(v, Decimal) for r in got.values() for k, v in r.items()
                if k != "jobs" and v is not None)
-    assert got["t2"]["cost yuan"] == Decimal("26.60")  # 2.3 h × 12.00 − 1.00
-    assert got["t1"]["cost yuan"] == Decimal("30.47")  # 16.00 + 2.00 + 9.67 + 2.80
+    assert got["t2"]["cost yuan"] == Decimal("28.93")  # 2.3 h × 12.00 − 1.00 + 0.23 h × 10.00
+    assert got["t1"]["cost yuan"] == Decimal("43.27")  # 16.00 + 2.00 + 9.67 + 2.80 + 12.80
     assert got["t2"]["energy kWh"] == Decimal("0.9")
-    assert got["t1"]["energy kWh"] is None  # no counters at ty-2; none in C1's or H1's span
+    assert got["t1"]["energy kWh"] is None  # no counters at ty-*; none in C1's or H1's span
     assert usage(as_grafana, chosen=only_site(story, "ty-2")) == expected_usage(("ty-2",))
     assert set(usage(as_grafana, chosen={"tenant": ["t2"]})) == {"t2"}
-    # Until 02:00 only B1 (with its adjustment) and C1 had ended.
+    # Until 02:00 only A1 (lost), B1 (with its adjustment) and C1 had ended.
     assert usage(as_grafana, end=at(120)) == expected_usage(until=120)

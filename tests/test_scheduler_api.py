@@ -172,9 +172,12 @@ def test_a_killed_sites_job_finishes_elsewhere_once_and_stale_tokens_are_refused
                                                                ("datong-1", "succeeded")]
     assert [t["to_state"] for t in shown["transitions"]] == [
         "queued", "placed", "leased", "running", "queued", "placed", "leased", "succeeded"]
-    usage = conn.execute("SELECT run_id, site_id FROM usage_records WHERE job_id = %s",
-                         (job_id,)).fetchall()
-    assert usage == [(new.run_id, dear.site_id)]
+    # Both runs held accelerators, so both are metered: the dead site's to its last heartbeat.
+    usage = conn.execute("SELECT run_id, site_id, bounded_by FROM usage_records"
+                         " WHERE job_id = %s ORDER BY id", (job_id,)).fetchall()
+    assert [(run, site) for run, site, _ in usage] == [(lease.run_id, cheap.site_id),
+                                                     (new.run_id, dear.site_id)]
+    assert usage[0][2].startswith("lease expired") and usage[1][2] == ""
 
 
 def test_a_failed_run_is_retried_at_another_site(client, platform, world):
@@ -284,6 +287,9 @@ def test_usage_record_from_counters_and_corrections_are_new_records(
         conn.execute("INSERT INTO samples (ts, series_id, value) SELECT %s, id, %s FROM series"
                      " WHERE site_id = %s AND metric = 'accelerator_energy_joules_total'",
                      (at, joules, dear.site_id))
+    # The lease was granted before the run started (the platform bills no earlier).
+    conn.execute("UPDATE runs SET leased_at = %s WHERE id = %s",
+                 (start - timedelta(minutes=2), lease.run_id))
     reply = dear.event(client, lease.run_id, lease.fencing_token, "succeeded", exit_code=0,
                        started_at=start, ended_at=end)
     assert reply.json() == {"status": "recorded"}
@@ -315,6 +321,8 @@ def test_usage_api_totals_and_who_sees_what(client, platform, world, conn):
         agent = cheap if site == "taiyuan-1" else dear
         lease = LeaseReply.model_validate(agent.lease(client).json()).new[0]
         end = datetime.now(UTC).replace(microsecond=0)
+        conn.execute("UPDATE runs SET leased_at = %s WHERE id = %s",  # leased before it ran
+                     (end - timedelta(minutes=20), lease.run_id))
         reply = agent.event(client, lease.run_id, lease.fencing_token, "succeeded", exit_code=0,
                             started_at=end - timedelta(minutes=15), ended_at=end)
         assert reply.json() == {"status": "recorded"}
