@@ -207,3 +207,57 @@ def test_the_registry_builds_by_name_and_names_the_valid_ones(tmp_path: Path) ->
         build_executor("process", {"kill_grace_s": -1}, tmp_path)
     with pytest.raises(ExecutorConfigError, match=r"executor\.bogus"):
         build_executor("process", {"bogus": 1}, tmp_path)
+
+
+def test_a_job_sees_none_of_the_agents_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's environment may hold its secrets (and its site config's): a job sees only
+    the variables named in pass_env, its own, and the run's JINSUAN_* ones."""
+    monkeypatch.setenv("JINSUAN_AGENT_BMC_PASSWORD", "Hunter2-Secret")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    lease = make_lease(sh("env | sort"), env={"MY_TOKEN": "job-own"})
+    executor = ProcessExecutor(state_dir=tmp_path / "a")
+    plain = wait_ended(executor, executor.start(lease))
+    assert "Hunter2-Secret" not in plain.log_tail
+    assert "MY_TOKEN=job-own" in plain.log_tail and "PATH=" in plain.log_tail
+    assert "LANG=" not in plain.log_tail
+    opted = ProcessExecutor(ProcessConfig(pass_env=["PATH", "LANG"]), state_dir=tmp_path / "b")
+    status = wait_ended(opted, opted.start(make_lease(sh("env | sort"))))
+    assert "LANG=C.UTF-8" in status.log_tail and "Hunter2-Secret" not in status.log_tail
+
+
+def test_a_run_sees_only_the_devices_its_lease_grants(tmp_path: Path) -> None:
+    executor = ProcessExecutor(ProcessConfig(devices=["0", "1", "2"]), state_dir=tmp_path)
+    show = sh('echo "cuda=$CUDA_VISIBLE_DEVICES ascend=$ASCEND_RT_VISIBLE_DEVICES"; sleep 30')
+    two = executor.start(make_lease(show, accelerators_per_task=2))
+    assert "cuda=0,1 ascend=0,1" in wait_for(lambda: executor.poll(two).log_tail,
+                                  lambda tail: "cuda=" in tail)
+    one = executor.start(make_lease(show, accelerators_per_task=1))
+    assert "cuda=2 ascend=2" in wait_for(lambda: executor.poll(one).log_tail,
+                                  lambda tail: "cuda=" in tail)  # none shared with a live run
+    with pytest.raises(StartError, match="0 of this host's devices"):
+        executor.start(make_lease(show, accelerators_per_task=1))
+    executor.cancel(two)
+    wait_ended(executor, two)
+    again = executor.start(make_lease(show, accelerators_per_task=2))  # freed by the cancel
+    assert "cuda=0,1" in wait_for(lambda: executor.poll(again).log_tail,
+                                  lambda tail: "cuda=" in tail)
+    for ref in (one, again):
+        executor.cancel(ref)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs the agent to run as root")
+def test_a_job_run_as_an_unprivileged_user_cannot_read_the_agents_key(tmp_path: Path) -> None:
+    key = tmp_path / "state" / "agent.key"
+    key.parent.mkdir()
+    key.write_text("the agent's signing key")
+    key.chmod(0o600)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o755)
+    executor = ProcessExecutor(ProcessConfig(run_as="nobody", runs_dir=runs),
+                               state_dir=tmp_path / "state")
+    status = wait_ended(executor, executor.start(make_lease(sh(f"id -u; cat {key}"))))
+    assert "65534" in status.log_tail
+    assert "the agent's signing key" not in status.log_tail
+    assert "Permission denied" in status.log_tail

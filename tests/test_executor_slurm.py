@@ -55,6 +55,7 @@ def test_sbatch_args_name_output_tasks_time_and_site_options(tmp_path: Path) -> 
         f"--job-name=jinsuan-{lease.run_id}",
         f"--output={tmp_path}/jinsuan-%j.out",
         "--ntasks=1",
+        "--export=NONE",
         "--time=2",
         "--chdir=/data/run",
         "--partition=gpu",
@@ -305,6 +306,22 @@ def test_a_failing_job_reports_its_exit_code(slurm: SlurmExecutor) -> None:
     assert status.state is RunPhase.FAILED
     assert status.exit_code == 3
     assert "bad input" in status.log_tail
+
+
+def test_a_job_gets_none_of_the_agents_environment(
+    slurm: SlurmExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch would pass the submitting agent's whole environment (its secrets with it); the
+    job gets the run's own environment only, in its batch script and in srun's tasks."""
+    monkeypatch.setenv("JINSUAN_AGENT_BMC_PASSWORD", "Hunter2-Secret")
+    show = ["/bin/sh", "-c", 'echo "who=$WHO secret=$JINSUAN_AGENT_BMC_PASSWORD"']
+    single = slurm.start(make_lease(show, env={"WHO": "job"}))
+    gang = slurm.start(make_lease(show, env={"WHO": "gang"}, tasks=2))
+    for ref, who in ((single, "job"), (gang, "gang")):
+        status = wait_ended(slurm, ref, timeout=60)
+        assert status.state is RunPhase.SUCCEEDED, status
+        assert f"who={who} secret=\n" in status.log_tail + "\n"
+        assert "Hunter2-Secret" not in status.log_tail
 
 
 def test_accelerators_are_allocated_as_gres(slurm: SlurmExecutor) -> None:

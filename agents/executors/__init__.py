@@ -150,16 +150,21 @@ def build_executor(name: str, options: Mapping[str, Any], state_dir: Path) -> Ex
     return _resolve(EXECUTOR_KINDS[name][1])(settings, state_dir=Path(state_dir))
 
 
-def run_environment(lease: Lease) -> dict[str, str]:
+def run_environment(lease: Lease, devices: list[str] | None = None) -> dict[str, str]:
     """The environment a run starts with on any executor: the job's own variables, then the
-    ``JINSUAN_*`` variables that tell the run who it is (they win over the job's)."""
-    return {
+    ``JINSUAN_*`` variables that tell the run who it is and, when the executor assigned them,
+    the visible devices (these win over the job's). Never any of the agent's own."""
+    env = {
         **lease.payload.env,
         "JINSUAN_RUN_ID": lease.run_id,
         "JINSUAN_JOB_ID": lease.job_id,
         "JINSUAN_TASKS": str(lease.tasks),
         "JINSUAN_ACCELERATORS_PER_TASK": str(lease.accelerators_per_task),
     }
+    if devices is not None:
+        visible = ",".join(devices)
+        env |= {"CUDA_VISIBLE_DEVICES": visible, "ASCEND_RT_VISIBLE_DEVICES": visible}
+    return env
 
 
 def log_tail(path: Path, max_bytes: int = LOG_TAIL_MAX_BYTES) -> str:

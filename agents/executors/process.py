@@ -17,14 +17,24 @@ exist for this. Its command's process group, if it still lives, is killed on ``c
 
 A lease's ``tasks`` and accelerator counts are passed to the command as ``JINSUAN_TASKS`` and
 ``JINSUAN_ACCELERATORS_PER_TASK``; the command runs once (gangs need Slurm or Kubernetes).
+
+What a run may reach: only the variables named in ``pass_env`` of the agent's environment
+(default ``PATH``), never the rest (the agent's own settings and secrets); with ``run_as`` it runs
+as that unprivileged user, so the agent's state directory (its signing key) and the site config
+(meter and BMC passwords), readable by the agent's user only, are out of its reach; with
+``devices`` it sees only the accelerators it was granted. It is not a container: the job shares
+the host's filesystem, network and process table with whatever else runs there (README,
+"What the process executor does not isolate").
 """
 
 from __future__ import annotations
 
 import fcntl
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -61,9 +71,20 @@ class ProcessConfig(BaseModel):
     kill_grace_s: float = Field(
         default=10.0, ge=0, description="SIGTERM to SIGKILL, on cancel and at max runtime."
     )
-    inherit_env: bool = Field(
-        default=True, description="Start from the agent's environment (else only PATH)."
-    )
+    pass_env: list[str] = Field(
+        default_factory=lambda: ["PATH"],
+        description="Names of the agent's environment variables a run may see (an opt-in"
+                    " allow-list). Nothing else of the agent's environment reaches a job: it"
+                    " may hold the agent's secrets.")
+    run_as: str | None = Field(
+        default=None,
+        description="Run jobs as this unprivileged user (the agent must run as root to switch);"
+                    " its own group, no supplementary groups. Unset: as the agent's user.")
+    devices: list[str] = Field(
+        default_factory=list,
+        description="The accelerator indices this host hands out, e.g. ['0', '1', '2', '3']: each"
+                    " run gets as many as its lease grants, in CUDA_VISIBLE_DEVICES and"
+                    " ASCEND_RT_VISIBLE_DEVICES, and no two live runs share one.")
 
 
 class ProcessExecutor:
@@ -99,8 +120,10 @@ class ProcessExecutor:
             workdir.mkdir(exist_ok=True)
         elif not workdir.is_dir():
             raise StartError(f"workdir {payload.workdir!r} is not a directory on this host")
-        env = dict(os.environ) if self.config.inherit_env else {"PATH": os.defpath}
-        env.update(run_environment(lease))
+        env = {name: os.environ[name] for name in self.config.pass_env if name in os.environ}
+        env.setdefault("PATH", os.defpath)
+        devices = self._free_devices(lease)
+        env.update(run_environment(lease, devices))
         spec = {
             "run_id": lease.run_id,
             "command": payload.command,
@@ -108,7 +131,11 @@ class ProcessExecutor:
             "workdir": str(workdir),
             "max_runtime_s": lease.max_runtime_s,
             "kill_grace_s": self.config.kill_grace_s,
+            "run_as": self.config.run_as,
+            "devices": devices,
         }
+        if self.config.run_as is not None:
+            shutil.chown(workdir, user=self.config.run_as, group=_group_of(self.config.run_as))
         write_json(run_dir / "spec.json", spec)
         with open(run_dir / LOG_FILE, "ab") as log:
             child = subprocess.Popen(
@@ -121,6 +148,23 @@ class ProcessExecutor:
             )
         self._children[run_dir.name] = child
         self._await_supervisor(run_dir, child)
+
+    def _free_devices(self, lease: Lease) -> list[str] | None:
+        """The devices this run gets: as many as its lease grants, none held by a live run
+        (read from the live runs' specs, so an agent restart keeps the assignment). None when
+        the executor was given no device list (the job then sees whatever the host shows)."""
+        if not self.config.devices:
+            return None
+        wanted = lease.tasks * lease.accelerators_per_task
+        held: set[str] = set()
+        for spec_file in self.runs_dir.glob("*/spec.json"):
+            if not (spec_file.parent / "exit.json").exists():
+                held.update(json.loads(spec_file.read_text()).get("devices") or [])
+        free = [d for d in self.config.devices if d not in held]
+        if len(free) < wanted:
+            raise StartError(f"the lease grants {wanted} accelerator(s) and {len(free)} of this"
+                             f" host's devices {self.config.devices} are free")
+        return free[:wanted]
 
     def _await_supervisor(self, run_dir: Path, child: subprocess.Popen[bytes]) -> None:
         """Return once the supervisor has recorded itself, so a crash of the agent from here on
@@ -241,3 +285,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _group_of(user: str) -> str:
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name

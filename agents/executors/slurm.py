@@ -230,6 +230,9 @@ def sbatch_args(lease: Lease, config: SlurmConfig, log_dir: Path) -> list[str]:
         f"--job-name={job_name(lease.run_id)}",
         f"--output={log_dir}/jinsuan-%j.out",
         f"--ntasks={lease.tasks}",
+        # Nothing of the agent's own environment (its settings, its secrets) reaches the job:
+        # the batch script exports the run's environment itself (batch_script).
+        "--export=NONE",
     ]
     if lease.accelerators_per_task:
         gres = resource_name(lease, config.gres_by_vendor, config.default_vendor, "gres_by_vendor")
@@ -265,6 +268,9 @@ def batch_script(lease: Lease) -> str:
         [
             "#!/bin/bash",
             *(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())),
+            # sbatch --export=NONE would make srun pass nothing either: the tasks get the
+            # script's environment (the run's own), still none of the agent's.
+            "export SLURM_EXPORT_ENV=ALL",
             f"srun {command}" if lease.tasks > 1 else f"exec {command}",
             "",
         ]

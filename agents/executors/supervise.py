@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -86,12 +87,17 @@ def supervise(run_dir: Path) -> int:
 
     started_at = _now()
     try:
+        user = spec.get("run_as")
         child = subprocess.Popen(
             spec["command"],
             env=spec["env"],
             cwd=spec["workdir"],
             stdin=subprocess.DEVNULL,
             process_group=0,
+            # Drop to the configured user: its own group, no supplementary groups.
+            user=user,
+            group=pwd.getpwnam(user).pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
     except OSError as exc:
         _say(f"cannot run {spec['command'][0]!r}: {exc}")
