@@ -1,8 +1,10 @@
-"""The platform's own Prometheus exposition: fleet gauges per site and ingest counters.
+"""The platform's own Prometheus exposition: ingest counters, and fleet gauges per site.
 
-Everything is registered on ``platform.registry`` (one registry per app, never the global
-default). Fleet gauges are computed at scrape time from ``collectors.state.site_states``, so a
-scrape shows the store's current truth rather than what this process happened to ingest.
+The platform's operation is registered on ``platform.registry`` (one registry per app, never the
+global default) and served at ``/metrics``; the fleet gauges per site, on a registry of their own
+served at ``/metrics/sites`` to an authenticated scraper only. They are computed at scrape time
+from ``collectors.state.site_states``, so a scrape shows the store's current truth rather than
+what this process happened to ingest.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from collectors.state import SiteState, site_states
-from jinsuan.kernel.deps import PlatformDep, public
+from jinsuan.kernel.auth import Role
+from jinsuan.kernel.deps import PlatformDep, allow, public
 from jinsuan.kernel.store import Database
 
 
@@ -97,16 +100,31 @@ def fleet_families(states: list[SiteState]) -> Iterator[Metric]:
         yield family
 
 
-def router() -> APIRouter:
+def router(sites: CollectorRegistry) -> APIRouter:
+    """``/metrics``: the platform's own operation (intake, scheduler, rollups), open to any
+    scraper, naming no site, enterprise or figure the API would refuse a caller.
+    ``/metrics/sites``: the per-site gauges (``sites``), which are exactly what the API refuses
+    another enterprise's operator, to a bearer key of the ``metrics`` role (or the bureau's or
+    an admin's)."""
     api = APIRouter(tags=["operations"])
 
     @api.get(
         "/metrics",
-        dependencies=[public("Prometheus scrape target: fleet aggregates, no per-key data")],
+        dependencies=[public("Prometheus scrape target: the platform's own operation, no site"
+                             " figures")],
         response_class=Response,
     )
     def metrics(platform: PlatformDep) -> Response:
         return Response(generate_latest(platform.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get(
+        "/metrics/sites",
+        dependencies=[allow(Role.METRICS, Role.BUREAU, Role.ADMIN)],
+        response_class=Response,
+        responses={401: {}, 403: {}},
+    )
+    def site_metrics() -> Response:
+        return Response(generate_latest(sites), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz", dependencies=[public("liveness probe for load balancers")])
     def healthz(platform: PlatformDep) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from prometheus_client import CollectorRegistry
 
 from collectors import annual, enrolment, exposition, intake, readapi
 from jinsuan.kernel.platform import Platform
@@ -10,11 +11,12 @@ from jinsuan.kernel.platform import Platform
 
 def routers(platform: Platform) -> list[APIRouter]:
     """Every collectors router; per-process state (caches, metrics) is made here, per app."""
-    platform.registry.register(exposition.FleetCollector(platform.db))
+    sites = CollectorRegistry()  # per-site figures: served to an authenticated scraper only
+    sites.register(exposition.FleetCollector(platform.db))
     return [
         intake.router(intake.Intake(platform)),
         enrolment.router(),
         readapi.router(),
         annual.router(),
-        exposition.router(),
+        exposition.router(sites),
     ]

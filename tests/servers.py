@@ -45,7 +45,7 @@ def serving(app: Any, *, stop_timeout_s: float = 30) -> Iterator[str]:
 
 @contextmanager
 def running_prometheus(
-    work: Path, jobs: Mapping[str, Sequence[str]], *, min_scrapes: int = 3
+    work: Path, jobs: Mapping[str, Sequence[str] | Mapping[str, Any]], *, min_scrapes: int = 3
 ) -> Iterator[str]:
     """Debian's Prometheus scraping ``jobs`` (job name -> ``host:port`` targets) every second.
 
@@ -57,8 +57,7 @@ def running_prometheus(
         pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}
-                           for job, targets in jobs.items()],
+        "scrape_configs": [_scrape_config(job, spec) for job, spec in jobs.items()],
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -70,7 +69,8 @@ def running_prometheus(
         stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
-    targets = sum(len(t) for t in jobs.values())
+    targets = sum(len(_scrape_config(job, spec)["static_configs"][0]["targets"])
+                  for job, spec in jobs.items())
     try:
         deadline = time.monotonic() + 60
         while not _scraped(url, targets, min_scrapes):
@@ -81,6 +81,16 @@ def running_prometheus(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _scrape_config(job: str, spec: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """A job's targets, or a mapping of ``targets`` and further scrape options (``metrics_path``,
+    ``authorization``)."""
+    if isinstance(spec, Mapping):
+        options = {k: v for k, v in spec.items() if k != "targets"}
+        return {"job_name": job, "static_configs": [{"targets": list(spec["targets"])}],
+                **options}
+    return {"job_name": job, "static_configs": [{"targets": list(spec)}]}
 
 
 def _scraped(url: str, targets: int, times: int) -> bool:

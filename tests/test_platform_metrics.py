@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from collectors_kit import enrol, make_app, make_org, now_ms, steady_series
+from collectors_kit import bearer, enrol, make_app, make_org, now_ms, steady_series
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from jinsuan.contract.accelerators import fp16_peak
 from jinsuan.contract.wire import Series
+from jinsuan.kernel.auth import Role, create_key
 
 
 @pytest.fixture
@@ -20,8 +21,9 @@ def client(settings, db) -> Iterator[TestClient]:
         yield test_client
 
 
-def _scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    reply = client.get("/metrics")
+def _scrape(client: TestClient, path: str = "/metrics", headers: dict[str, str] | None = None
+            ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = client.get(path, headers=headers)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
     return {
@@ -55,6 +57,13 @@ def test_metrics_after_ingest(client, conn):
     assert metrics[("jinsuan_ingest_rejected_total", (("reason", "out_of_bounds"),))] == 1
     assert metrics[("jinsuan_ingest_counter_resets_total", ())] == 1
     assert metrics[("jinsuan_ingest_duration_seconds_count", ())] == 3
+    # The open /metrics names no site: the per-site figures need a scraper's key.
+    assert not [name for name, labels in metrics if dict(labels).get("site")]
+    assert not [name for name, _ in metrics if name.startswith("jinsuan_site_")]
+    assert client.get("/metrics/sites").status_code == 401
+    operator = bearer(org.operator_key)
+    assert client.get("/metrics/sites", headers=operator).status_code == 403
+    metrics = _scrape(client, "/metrics/sites", bearer(create_key(conn, Role.METRICS)))
     peak = fp16_peak("NVIDIA H100 SXM5 80GB", "NVIDIA").tflops
     assert metrics[("jinsuan_site_fp16_pflops_connected", SITE)] == pytest.approx(2 * peak / 1000)
     assert metrics[("jinsuan_site_accelerators_connected", SITE)] == 2

@@ -21,6 +21,7 @@ from agents.spool import Spool
 from agents.uploader import Outcome, Uploader
 from dashboards import grafana
 from jinsuan.app import create_app
+from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.platform import Platform
 from tests.clocks import FixedClock
 from tests.site_agent import enrolled_simulated_agent
@@ -57,7 +58,11 @@ def scraped(tmp_path: Path, conn, settings, db) -> Iterator[str]:
                 finally:
                     uploader.close()
                 assert outcomes == [Outcome.ACKED] * 3 + [Outcome.DROPPED]
-            jobs = {"jinsuan-platform": [platform_url.removeprefix("http://")],
+            platform = platform_url.removeprefix("http://")
+            scraper_key = create_key(conn, Role.METRICS, label="prometheus")
+            jobs = {"jinsuan-platform": [platform],
+                    "jinsuan-sites": {"targets": [platform], "metrics_path": "/metrics/sites",
+                                      "authorization": {"credentials": scraper_key}},
                     "jinsuan-agent": [f"127.0.0.1:{agent_port}"]}
             with running_prometheus(tmp_path / "prometheus", jobs, min_scrapes=2) as url:
                 yield url

@@ -35,7 +35,7 @@ def _fail(message: str) -> typer.Exit:
 
 @keys_app.command("create")
 def create_key(
-    role: Annotated[str, typer.Option(help="operator, dispatcher, bureau or admin")],
+    role: Annotated[str, typer.Option(help="operator, dispatcher, bureau, admin or metrics")],
     enterprise: Annotated[str | None, typer.Option(help="The operator's enterprise.")] = None,
     tenant: Annotated[str | None, typer.Option(help="The dispatcher's tenant.")] = None,
     label: Annotated[str, typer.Option(help="A note saying who holds the key.")] = "",

@@ -26,6 +26,7 @@ class Role(enum.StrEnum):
     DISPATCHER = "dispatcher"  # submits jobs for a tenant
     BUREAU = "bureau"  # the provincial Data Bureau: reads everything
     ADMIN = "admin"  # runs the platform
+    METRICS = "metrics"  # a Prometheus scraper: the per-site figures of /metrics/sites only
 
 
 @dataclass(frozen=True, slots=True)
