@@ -20,8 +20,8 @@ from pydantic import AwareDatetime, BaseModel
 from collectors.state import SiteState, site_states
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
-from jinsuan.kernel.errors import Forbidden, Invalid
-from jinsuan.kernel.sites import Site, get_site, visible_enterprise
+from jinsuan.kernel.errors import Invalid
+from jinsuan.kernel.sites import Site, check_sees, get_site, visible_enterprise
 
 MAX_RANGE = timedelta(days=366)
 
@@ -110,9 +110,7 @@ class EnterpriseHour(HourFigures):
 
 def _readable_site(conn: psycopg.Connection, principal: Principal, site_id: int) -> Site:
     site = get_site(conn, site_id)
-    allowed = visible_enterprise(principal)
-    if allowed is not None and site.enterprise_id != allowed:
-        raise Forbidden(f"this key may not read site {site_id}", field="site_id")
+    check_sees(principal, site)
     return site
 
 

@@ -33,7 +33,7 @@ from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow, public
 from jinsuan.kernel.errors import Forbidden, Invalid
 from jinsuan.kernel.platform import Platform
-from jinsuan.kernel.sites import check_manages, get_site
+from jinsuan.kernel.sites import check_manages, check_sees, get_site
 from scheduler.jobs import (
     JobDetail,
     JobSummary,
@@ -158,8 +158,10 @@ def sites_router() -> APIRouter:
     api = APIRouter(tags=["sites"])
 
     @api.get("/v1/sites/{site_id}/scheduling", response_model=SiteScheduling)
-    def scheduling(site_id: int, conn: ConnDep, _: Anyone) -> SiteScheduling:
-        get_site(conn, site_id)
+    def scheduling(site_id: int, conn: ConnDep, principal: Anyone) -> SiteScheduling:
+        """A site's executor and prices: for dispatchers choosing where to run, the bureau and
+        admins; an operator sees its own enterprise's sites only."""
+        check_sees(principal, get_site(conn, site_id))
         executor = conn.execute("SELECT executor FROM sites WHERE id = %s",
                                 (site_id,)).fetchone()[0]
         prices = dict(conn.execute("SELECT model, yuan_per_accelerator_hour FROM site_prices"

@@ -241,8 +241,15 @@ def test_site_scheduling_is_set_by_its_operator_or_an_admin(client, world, conn)
     mine = {"Authorization": "Bearer " + create_key(conn, Role.OPERATOR, enterprise_id=ent)}
     theirs = {"Authorization": "Bearer " + create_key(conn, Role.OPERATOR,
                                                       enterprise_id=other_ent)}
-    assert client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=body,
-                      headers=theirs).status_code == 403
+    # Another enterprise's operator is told the site does not exist, in the words used for a
+    # site that does not: neither its prices nor whether it exists leak.
+    stranger = client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=body, headers=theirs)
+    missing = client.put("/v1/sites/999999/scheduling", json=body, headers=theirs)
+    assert (stranger.status_code, missing.status_code) == (404, 404)
+    assert stranger.json()["error"]["reason"] == f"no site with id {cheap.site_id}"
+    assert "taiyuan" not in stranger.text
+    assert client.get(f"/v1/sites/{cheap.site_id}/scheduling",
+                      headers=theirs).status_code == 404
     assert client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=body,
                       headers=mine).status_code == 200
     shown = client.get(f"/v1/sites/{cheap.site_id}/scheduling", headers=keys["t1"]).json()

@@ -93,12 +93,18 @@ def visible_enterprise(principal: Principal) -> int | None:
     return principal.enterprise_id if principal.role is Role.OPERATOR else None
 
 
+def check_sees(principal: Principal, site: Site) -> None:
+    """An operator sees only its enterprise's sites; another's is answered as missing, in the
+    very words of a site that does not exist, so that a refusal tells a stranger nothing."""
+    allowed = visible_enterprise(principal)
+    if allowed is not None and site.enterprise_id != allowed:
+        raise NotFound(f"no site with id {site.id}", field="site")
+
+
 def check_manages(principal: Principal, site: Site) -> None:
-    if principal.role is Role.ADMIN:
-        return
-    if principal.role is Role.OPERATOR and principal.enterprise_id == site.enterprise_id:
-        return
-    raise Forbidden(f"this key may not manage site {site.name!r}", field="site")
+    check_sees(principal, site)
+    if principal.role not in (Role.ADMIN, Role.OPERATOR):
+        raise Forbidden(f"role {principal.role.value!r} manages no site", field="site")
 
 
 def _token_hash(token: str) -> bytes:
