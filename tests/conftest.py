@@ -17,6 +17,12 @@ import psycopg
 import pytest
 
 ADMIN_URL = os.environ.get("JINSUAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Which store the tests run on, chosen, never guessed: "plain" PostgreSQL (the default) or
+# "timescale" (JINSUAN_TEST_PG must then be a server with TimescaleDB preloaded, e.g. the one
+# ../shared/vendor/timescaledb.sh starts on 127.0.0.1:5440; .ci/run runs a subset so).
+FLAVOUR = os.environ.get("JINSUAN_TEST_FLAVOUR", "plain")
+if FLAVOUR not in ("plain", "timescale"):
+    raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR={FLAVOUR!r}: use plain or timescale")
 
 
 def _with_database(url: str, name: str) -> str:
@@ -52,7 +58,16 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         with psycopg.connect(_with_database(pg_admin_url, name), autocommit=True) as conn:
-            migrate(conn, want_timescale=True)
+            timescale = migrate(conn, want_timescale=FLAVOUR == "timescale")
+        if timescale != (FLAVOUR == "timescale"):
+            raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR=timescale, but {pg_admin_url} has no"
+                                    " TimescaleDB preloaded")
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            # A template nobody can connect to: TimescaleDB's background workers would, and a
+            # CREATE DATABASE ... TEMPLATE that finds them there fails with ObjectInUse.
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
         yield name
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:

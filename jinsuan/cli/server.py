@@ -22,11 +22,31 @@ def serve(
     settings = Settings()
     db = Database.open(settings)
     try:
-        server = make_server(Platform(settings, db), host or settings.host, port or settings.port)
+        host, port = host or settings.host, port or settings.port
+        server = make_server(Platform(settings, db), host, port)
+        typer.echo(f"jinsuan serve: listening on http://{host}:{port}")
+        flavour = "TimescaleDB" if db.timescale else "plain PostgreSQL"
+        typer.echo(f"database: {without_secrets(db.url)} ({flavour}); raw samples kept"
+                   f" {settings.retention_days} days")
+        typer.echo(
+            f"background jobs: rollups every {settings.rollup_every_s:g} s, partition upkeep"
+            " hourly, the placement cycle and lease sweep" if settings.run_background_jobs
+            else "background jobs: none (JINSUAN_RUN_BACKGROUND_JOBS=false)")
         tune_gc_for_ingest()
         server.run()
     finally:
         db.close()
+
+
+def without_secrets(url: str) -> str:
+    """A database URL to print: user, host, port and database, never the password."""
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    where = info.get("host") or "local socket"
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{where}{port}/{info.get('dbname', '')}"
 
 
 def demo(

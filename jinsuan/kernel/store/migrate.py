@@ -7,6 +7,7 @@ pair is applied, and which one is recorded, so a database never mixes the two la
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -15,6 +16,8 @@ import psycopg
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(plain|timescale))?\.sql$")
 _LOCK_KEY = 0x6A696E7375616E  # "jinsuan": serialises concurrent start-ups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +45,23 @@ def available(timescale: bool) -> list[Migration]:
 
 
 def timescale_available(conn: psycopg.Connection) -> bool:
+    """Whether TimescaleDB can be used here: installed and loaded. Installed but not in
+    ``shared_preload_libraries`` (the usual state right after installing the package), its
+    ``CREATE EXTENSION`` fails; the store then goes on with plain PostgreSQL, saying so once."""
     row = conn.execute(
         "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
-    return row is not None
+    if row is None:
+        return False
+    preloaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+    libraries = {lib.strip() for lib in (preloaded[0] if preloaded else "").split(",")}
+    if not any(lib == "timescaledb" or lib.startswith("timescaledb-") for lib in libraries):
+        log.warning(
+            "TimescaleDB is installed but not loaded (it is not in shared_preload_libraries):"
+            " using plain PostgreSQL. To use it, add timescaledb to shared_preload_libraries,"
+            " restart PostgreSQL, and migrate a new database.")
+        return False
+    return True
 
 
 def migrate(conn: psycopg.Connection, *, want_timescale: bool) -> bool:
