@@ -160,11 +160,15 @@ def fill(conn: psycopg.Connection, *, sites: int, days: int, device_sites: int,
         " FROM rollup_series_hourly GROUP BY 1, 2")
     conn.execute(
         "INSERT INTO rollup_site_daily (site_id, day, hours, hours_present, it_kwh,"
-        "  facility_kwh, fp16_pflops, accelerators, racks)"
+        "  facility_kwh, hours_paired, it_kwh_paired, facility_kwh_paired, fp16_pflops,"
+        "  accelerators, racks, coverage_it, coverage_facility, coverage_accelerators)"
         f" SELECT site_id, {day}, count(*),"
         "        bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::integer), sum(it_kwh),"
-        "        sum(facility_kwh), sum(fp16_pflops), sum(accelerators), sum(racks)"
-        " FROM rollup_site_hourly GROUP BY 1, 2")
+        "        sum(facility_kwh), bit_or(1 << extract(hour FROM hour AT TIME ZONE 'UTC')::int),"
+        "        sum(it_kwh), sum(facility_kwh), sum(fp16_pflops), sum(accelerators),"
+        "        sum(racks), sum(coverage_it), sum(coverage_facility),"
+        "        sum(coverage_accelerators)"
+        " FROM rollup_site_hourly GROUP BY 1, 2")  # every filled hour has both energies
     Partitions(timescale=False).ensure(conn, [raw_from.date(), now.date()])
     conn.execute(
         "INSERT INTO samples (ts, series_id, value)"

@@ -55,19 +55,28 @@ CREATE TABLE rollup_agent_lag_hourly (
 -- A site's hourly figures summed per UTC day, for the province and energy panels over long
 -- ranges: sums of the hourly rows (divide by ``hours`` for a mean), and which hours of the day
 -- have a row (bit n: hour n), so that a mean over several sites' hours counts each hour once
--- (bit_count(bit_or(hours_present::bit(24)))).
+-- (bit_count(bit_or(hours_present::bit(24)))). The *_paired columns keep only the hours where
+-- both IT and facility energy were measured, the hours a PUE is made of (docs/metering.md).
 CREATE TABLE rollup_site_daily (
-    site_id        bigint NOT NULL REFERENCES sites,
-    day            timestamptz NOT NULL,
-    hours          integer NOT NULL,
-    hours_present  integer NOT NULL,
-    it_kwh         numeric,
-    facility_kwh   numeric,
-    fp16_pflops    double precision NOT NULL,
-    accelerators   bigint NOT NULL,
-    racks          bigint NOT NULL,
+    site_id                bigint NOT NULL REFERENCES sites,
+    day                    timestamptz NOT NULL,
+    hours                  integer NOT NULL,
+    hours_present          integer NOT NULL,
+    it_kwh                 numeric,
+    facility_kwh           numeric,
+    hours_paired           integer NOT NULL,
+    it_kwh_paired          numeric,
+    facility_kwh_paired    numeric,
+    fp16_pflops            double precision NOT NULL,
+    accelerators           bigint NOT NULL,
+    racks                  bigint NOT NULL,
+    coverage_it            double precision NOT NULL,
+    coverage_facility      double precision NOT NULL,
+    coverage_accelerators  double precision NOT NULL,
     PRIMARY KEY (site_id, day)
-        INCLUDE (hours, hours_present, it_kwh, facility_kwh, fp16_pflops, accelerators, racks)
+        INCLUDE (hours, hours_present, it_kwh, facility_kwh, hours_paired, it_kwh_paired,
+                 facility_kwh_paired, fp16_pflops, accelerators, racks, coverage_it,
+                 coverage_facility, coverage_accelerators)
 );
 
 CREATE FUNCTION roll_hour_for_dashboards(p_site bigint, p_hour timestamptz) RETURNS void
@@ -99,11 +108,18 @@ LANGUAGE sql AS $$
     DELETE FROM rollup_site_daily
     WHERE site_id = p_site AND day = date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00');
     INSERT INTO rollup_site_daily (site_id, day, hours, hours_present, it_kwh, facility_kwh,
-                                   fp16_pflops, accelerators, racks)
+                                   hours_paired, it_kwh_paired, facility_kwh_paired,
+                                   fp16_pflops, accelerators, racks, coverage_it,
+                                   coverage_facility, coverage_accelerators)
     SELECT p_site, date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00'), count(*),
            bit_or(1 << extract(hour FROM r.hour AT TIME ZONE 'UTC')::integer),
-           sum(r.it_kwh), sum(r.facility_kwh), sum(r.fp16_pflops), sum(r.accelerators),
-           sum(r.racks)
+           sum(r.it_kwh), sum(r.facility_kwh),
+           coalesce(bit_or(1 << extract(hour FROM r.hour AT TIME ZONE 'UTC')::integer)
+                    FILTER (WHERE r.it_kwh IS NOT NULL AND r.facility_kwh IS NOT NULL), 0),
+           sum(r.it_kwh) FILTER (WHERE r.it_kwh IS NOT NULL AND r.facility_kwh IS NOT NULL),
+           sum(r.facility_kwh) FILTER (WHERE r.it_kwh IS NOT NULL AND r.facility_kwh IS NOT NULL),
+           sum(r.fp16_pflops), sum(r.accelerators), sum(r.racks), sum(r.coverage_it),
+           sum(r.coverage_facility), sum(r.coverage_accelerators)
     FROM rollup_site_hourly r
     WHERE r.site_id = p_site
       AND r.hour >= date_bin('1 day', p_hour, timestamptz '2000-01-01 00:00+00')
