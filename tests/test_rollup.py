@@ -479,6 +479,27 @@ def test_background_jobs_roll_up_and_keep_partitions(db, conn, settings) -> None
     assert not jobs.running
 
 
+def test_retention_drops_old_raw_samples_and_a_lower_setting_takes_effect(db, conn) -> None:
+    """Plain partitions and TimescaleDB chunks alike: what is older than the retention goes,
+    and lowering the retention later drops more at once (no policy left at its old value)."""
+    site = Site(db, conn, "Retention-1")
+    site.meter("IT", "it")
+    today = datetime.now(UTC).date()
+    for days_ago in (10, 4, 0):
+        day = datetime.combine(today - timedelta(days=days_ago), datetime.min.time(), UTC)
+        site.points("meter_power_watts", "IT", day + timedelta(hours=1), [(0, 100.0)])
+
+    def kept() -> list[int]:
+        return sorted((today - ts.date()).days for (ts,) in conn.execute(
+            "SELECT ts FROM samples").fetchall())
+
+    assert kept() == [0, 4, 10]
+    db.partitions.apply_retention(conn, 7, today)
+    assert kept() == [0, 4]
+    db.partitions.apply_retention(conn, 2, today)
+    assert kept() == [0]
+
+
 def test_enterprise_pue_leaves_out_site_hours_missing_one_energy(db, conn, settings) -> None:
     whole, half = Site(db, conn, "Xinzhou-1"), Site(db, conn, "Xinzhou-2")
     for s in (whole, half):

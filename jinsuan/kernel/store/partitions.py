@@ -1,7 +1,7 @@
 """Daily partitions of the ``samples`` table on plain PostgreSQL, and raw-data retention.
 
-On TimescaleDB the hypertable makes its own chunks and a retention policy drops them; these
-functions then only register that policy. On plain PostgreSQL a partition per UTC day is made
+On TimescaleDB the hypertable makes its own chunks, and retention drops the old ones. On plain
+PostgreSQL a partition per UTC day is made
 before rows for that day are written, in a short transaction of its own (never inside an ingest
 transaction, so creating a partition cannot deadlock with concurrent writers).
 """
@@ -9,7 +9,7 @@ transaction, so creating a partition cannot deadlock with concurrent writers).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 from psycopg import sql
@@ -51,13 +51,16 @@ class Partitions:
         self._known.update(missing)
 
     def apply_retention(self, conn: psycopg.Connection, keep_days: int, today: date) -> list[str]:
-        """Drop raw samples older than ``keep_days``; return the partitions dropped."""
+        """Drop raw samples of the days before ``today - keep_days``; return the partitions (or
+        TimescaleDB chunks) dropped. Done here on every call rather than by a TimescaleDB
+        retention policy, so that a changed ``keep_days`` takes effect at once, on both
+        flavours, by one rule."""
         if self.timescale:
-            conn.execute(
-                "SELECT add_retention_policy('samples', %s::interval, if_not_exists => true)",
-                (f"{keep_days} days",),
-            )
-            return []
+            rows = conn.execute(
+                "SELECT drop_chunks('samples', older_than => %s::timestamptz)",
+                (datetime.combine(today - timedelta(days=keep_days), time(), UTC),),
+            ).fetchall()
+            return [str(name) for (name,) in rows]
         cutoff = partition_name(today - timedelta(days=keep_days))
         rows = conn.execute(
             "SELECT c.relname FROM pg_inherits i"
