@@ -39,6 +39,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import psycopg
 
 from collectors.energy import (
+    GAP_INTERVALS,
     Integral,
     integrate_counter,
     integrate_power,
@@ -258,9 +259,11 @@ ORDER BY 1, 2, 3, 4
 def fetch_window(conn: psycopg.Connection, site_id: int, hour: datetime) -> Window:
     """The points and inventory the rollup of ``(site_id, hour)`` needs.
 
-    The gap limit of each series is three of its nominal intervals, estimated from its points
-    in the margin-extended window only: a counter's far neighbour must not pass for a regular
-    sampling interval.
+    The gap limit of each series is three of the intervals its agent declares for it
+    (``series.interval_s``), so that more data never lowers coverage. A series stored before
+    intervals were recorded falls back to three of its nominal intervals, estimated from its
+    points in the margin-extended window only (a counter's far neighbour must not pass for a
+    regular sampling interval).
     """
     lo, hi = hour - MARGIN, hour + HOUR + MARGIN
     rows = conn.execute(
@@ -274,7 +277,14 @@ def fetch_window(conn: psycopg.Connection, site_id: int, hour: datetime) -> Wind
         points.append((t, value))
         if inside:
             times.append(t)
-    tracks = {key: Track(points, max_gap_for(times)) for key, (points, times) in grouped.items()}
+    declared = {(metric, device): interval for metric, device, interval in conn.execute(
+        "SELECT metric, device, interval_s FROM series"
+        " WHERE site_id = %s AND interval_s IS NOT NULL", (site_id,)).fetchall()}
+    tracks = {
+        key: Track(points, GAP_INTERVALS * declared[key] if key in declared
+                   else max_gap_for(times))
+        for key, (points, times) in grouped.items()
+    }
     span = (min(p[0][0] for p, _ in grouped.values()),
             max(p[-1][0] for p, _ in grouped.values())) if grouped else None
     return Window(tracks, _inventory(conn, site_id, hour + HOUR), span)

@@ -199,6 +199,10 @@ class Writer:
             if agent is None:
                 raise Unauthenticated(f"agent {batch.agent_id!r} is revoked", field="agent_id")
             ids, fetched = self.series_ids.resolve(conn, site_id, samples)
+            conn.execute(  # matches no row unless the agent's declared interval changed
+                "UPDATE series SET interval_s = %s WHERE id = ANY(%s)"
+                " AND interval_s IS DISTINCT FROM %s",
+                (batch.interval_s, sorted(set(ids)), batch.interval_s))
             with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
                 copy.write(encode_samples(ids, samples))
             digest = inventory_sha256(batch.inventory)
