@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,6 +23,8 @@ from jinsuan.kernel.errors import (
     Unauthenticated,
 )
 from jinsuan.kernel.platform import Platform
+
+log = logging.getLogger(__name__)
 
 _STATUS: dict[type[JinsuanError], int] = {
     Invalid: 422,
@@ -81,6 +85,14 @@ def create_app(platform: Platform) -> FastAPI:
     async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:
         status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), 400)
         return error_response(status, exc.code, exc.reason, exc.field)
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        """A value the store cannot hold (a NUL character in text, a number out of its column's
+        range) that no check refused first: the caller's input, so 422, never a 500."""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("refused a value the store cannot hold: %s", reason)
+        return error_response(422, "invalid", f"a value cannot be stored: {reason}")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

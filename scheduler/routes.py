@@ -27,7 +27,7 @@ from jinsuan.contract.leasewire import (
     LeaseRequest,
     RunEvent,
 )
-from jinsuan.contract.money import is_fen
+from jinsuan.contract.money import price_problem
 from jinsuan.kernel.agentauth import SignedBy, verify_agent_request
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow, public
@@ -174,9 +174,9 @@ def sites_router() -> APIRouter:
         """Set the site's executor and its prices (the prices given replace all others)."""
         check_manages(principal, get_site(conn, site_id))
         for model, price in body.prices.items():
-            if price < 0 or not is_fen(price):
-                raise Invalid(f"price {price} must be ≥ 0 and in whole fen",
-                              field=f"prices.{model}")
+            problem = price_problem(price)
+            if problem is not None:
+                raise Invalid(f"price {problem}", field=f"prices.{model}")
         with conn.transaction():
             conn.execute("UPDATE sites SET executor = %s WHERE id = %s",
                          (body.executor, site_id))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from jinsuan.contract.leasewire import Payload
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@/-]+$")]
+MAX_RUNTIME_S = 30 * 86_400  # a job's run time limit may be at most 30 days
 
 
 class _Spec(BaseModel):
@@ -53,7 +54,7 @@ class JobSpec(_Spec):
     accelerators_per_task: int = Field(default=1, ge=1, le=64)
     constraints: Constraints = Field(default_factory=Constraints)
     priority: int = Field(default=0, ge=-1000, le=1000)
-    max_runtime_s: int | None = Field(default=None, gt=0)
+    max_runtime_s: int | None = Field(default=None, gt=0, le=MAX_RUNTIME_S)
     retries: int = Field(default=0, ge=0, le=100)
     payload: Payload
 
