@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from collectors.state import SiteState, site_states
 from jinsuan.kernel.auth import Role
-from jinsuan.kernel.deps import PlatformDep, allow, public
+from jinsuan.kernel.deps import ConnDep, PlatformDep, allow, public
 from jinsuan.kernel.store import Database
 
 
@@ -127,9 +127,14 @@ def router(sites: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(sites), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz", dependencies=[public("liveness probe for load balancers")])
-    def healthz(platform: PlatformDep) -> dict[str, str]:
-        with platform.db.pool.connection(timeout=5) as conn:
-            conn.execute("SELECT 1")
+    async def healthz() -> dict[str, str]:
+        """The process answers: no database, no worker thread, so it answers under any load."""
         return {"status": "ok"}
+
+    @api.get("/readyz", dependencies=[public("readiness probe: the store answers")],
+             responses={503: {}})
+    def readyz(conn: ConnDep) -> dict[str, str]:
+        conn.execute("SELECT 1")
+        return {"status": "ready"}
 
     return api

@@ -21,7 +21,9 @@ from jinsuan.kernel.errors import (
     NotFound,
     TooLarge,
     Unauthenticated,
+    Unavailable,
 )
+from jinsuan.kernel.gate import ConnectionGate
 from jinsuan.kernel.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ _STATUS: dict[type[JinsuanError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    Unavailable: 503,
 }
 
 
@@ -80,11 +83,19 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.kernel.auth.KEY_CACHE_TTL_S
+    # Requests share the pool but for the connections kept for the placement cycle.
+    settings = platform.settings
+    app.state.gate = ConnectionGate(platform.db.pool,
+                                    settings.pool_max_size - settings.pool_reserved,
+                                    settings.request_wait_s)
 
     @app.exception_handler(JinsuanError)
     async def domain_error(_: Request, exc: JinsuanError) -> JSONResponse:
         status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), 400)
-        return error_response(status, exc.code, exc.reason, exc.field)
+        response = error_response(status, exc.code, exc.reason, exc.field)
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(psycopg.DataError)
     async def unstorable_value(_: Request, exc: psycopg.DataError) -> JSONResponse:

@@ -6,7 +6,7 @@ route is left without a declaration.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import psycopg
@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jinsuan.kernel.auth import KeyCache, Principal, Role
 from jinsuan.kernel.errors import Forbidden, Unauthenticated
+from jinsuan.kernel.gate import ConnectionGate
 from jinsuan.kernel.platform import Platform
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `jinsuan keys create`.")
@@ -30,8 +31,11 @@ async def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def get_conn(request: Request, platform: PlatformDep) -> Iterator[psycopg.Connection]:
-    with platform.db.pool.connection() as conn:
+async def get_conn(request: Request) -> AsyncIterator[psycopg.Connection]:
+    """A pooled connection for the request, waited for on the event loop, never in a worker
+    thread (``jinsuan.kernel.gate``); a fast 503 when none comes in time."""
+    gate: ConnectionGate = request.app.state.gate
+    async with gate.connection() as conn:
         request.state.conn = conn  # for ``allow`` to share, should it need the store
         try:
             yield conn
@@ -60,8 +64,7 @@ def allow(*roles: Role) -> Any:
         keys: KeyCache = request.app.state.key_cache
         principal = keys.get(credentials.credentials)
         if principal is None:
-            principal = await run_in_threadpool(_authenticate, request, keys,
-                                                credentials.credentials)
+            principal = await _authenticate(request, keys, credentials.credentials)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
         if principal.role not in roles:
@@ -73,12 +76,15 @@ def allow(*roles: Role) -> Any:
     return Depends(check)
 
 
-def _authenticate(request: Request, keys: KeyCache, presented: str) -> Principal | None:
+async def _authenticate(request: Request, keys: KeyCache, presented: str) -> Principal | None:
+    """Look the key up in the store, on the request's connection when it holds one (never a
+    second while holding one), else through the gate like any request."""
     conn = getattr(request.state, "conn", None)
     if conn is not None:
-        return keys.authenticate(conn, presented)
-    with request.app.state.platform.db.pool.connection() as conn:
-        return keys.authenticate(conn, presented)
+        return await run_in_threadpool(keys.authenticate, conn, presented)
+    gate: ConnectionGate = request.app.state.gate
+    async with gate.connection() as own:
+        return await run_in_threadpool(keys.authenticate, own, presented)
 
 
 def public(why: str) -> Any:

@@ -51,3 +51,13 @@ class SeqConflict(Conflict):
 
 class TooLarge(JinsuanError):
     code = "too_large"
+
+
+class Unavailable(JinsuanError):
+    """The platform cannot serve this now; the caller should retry after a moment (503)."""
+
+    code = "unavailable"
+
+    def __init__(self, reason: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s

@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     pool_min_size: int = Field(default=2, ge=1)
-    pool_max_size: int = Field(default=8, ge=1)
+    pool_max_size: int = Field(default=8, ge=2)
+    pool_reserved: int = Field(
+        default=2, ge=1, description="Pooled connections kept from requests for the placement"
+        " cycle and lease wake-ups.")
+    request_wait_s: float = Field(
+        default=5, gt=0, description="How long a request waits for a connection before a 503.")
     use_timescale: bool = Field(
         default=True, description="Use TimescaleDB hypertables when the extension is available."
     )
