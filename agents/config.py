@@ -25,8 +25,11 @@ starts without pymodbus, pysnmp or NVML installed on hosts that do not use them.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +291,7 @@ def _validate(
         return model.model_validate(value)
     except ValidationError as exc:
         for error in exc.errors():
-            problems.append(f"{path}:{_dotted(key, error['loc'])}: {_explain(error)}")
+            problems.append(f"{path}:{_dotted(key, error['loc'])}: {_explain(error, model)}")
         return None
 
 
@@ -309,19 +312,47 @@ _PYDANTIC_PHRASES = (
 )
 
 
-def _explain(error: Mapping[str, Any]) -> str:
+def _explain(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    """An operator's message for one validation error. A value is shown only where it cannot be
+    a secret: never for an unknown key (a misspelt ``pasword`` holds a password all the same),
+    nor for a key whose name says secret; the message lands on terminals and in the journal."""
     kind, message = error["type"], str(error["msg"])
     if kind == "missing":
         return "expected a value, got nothing"
+    name = next((str(p) for p in reversed(error["loc"]) if isinstance(p, str)), "")
     if kind == "extra_forbidden":
-        return f"unknown key (got {_show(error['input'])})"
+        near = difflib.get_close_matches(name, sorted(_field_names(model)), n=1, cutoff=0.6)
+        return "unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
+    shown = "a value not shown (a secret)" if _SECRET.search(name) else _show(error["input"])
     for prefix, expected in _PYDANTIC_PHRASES:
         if message.startswith(prefix):
-            return f"{expected}{message.removeprefix(prefix)}, got {_show(error['input'])}"
+            return f"{expected}{message.removeprefix(prefix)}, got {shown}"
     message = message.removeprefix("Value error, ")
     if message.startswith("expected "):
         return message
-    return f"{message} (got {_show(error['input'])})"
+    return f"{message} (got {shown})"
+
+
+_SECRET = re.compile(r"pass|secret|token|key|community|priv|auth|credential", re.IGNORECASE)
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    """Every key a config section and the tables in it accept: what an unknown key may be a
+    misspelling of."""
+    names: set[str] = set()
+    pending: list[Any] = [model]
+    seen: set[Any] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            for field_name, info in current.model_fields.items():
+                names.add(info.alias or field_name)
+                pending.append(info.annotation)
+        pending.extend(typing.get_args(current))
+    return names
 
 
 def _show(value: Any) -> str:

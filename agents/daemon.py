@@ -539,17 +539,40 @@ def check_sources(config: AgentConfig) -> list[SourceResult]:
         results = read_probes(slots, now)
     finally:
         _close_probes(slots)
+    shared = _shared_devices(results)
     for slot, result in zip(slots, results, strict=True):
         assert slot.spec is not None
         reading = result.reading or Reading()
         dropped = assemble([result], (), unix_ms).discarded.get(result.name, [])
-        errors = (*result.errors, *(f"left out: {reason}" for reason in dropped))
+        errors = (*result.errors, *(f"left out: {reason}" for reason in dropped),
+                  *shared.get(result.name, ()))
         out[slot.spec.key] = SourceResult(
             slot.name, slot.spec.key, describe_source(slot.spec.raw) or slot.spec.kind, True,
             result.reading is not None and not errors, result.duration_s,
             tuple(reading.points), tuple(reading.accelerators), tuple(reading.meters),
             tuple(reading.racks), errors)
     return [out[spec.key] for spec in config.probes]
+
+
+def _shared_devices(results: Sequence[ProbeResult]) -> dict[str, list[str]]:
+    """Problems for probes that report a meter or accelerator id another probe also reports:
+    a running agent would keep one of them and drop the other every cycle, so check refuses
+    it, naming both."""
+    owners: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        reading = result.reading or Reading()
+        for kind, ids in (("meter", {m.id for m in reading.meters}),
+                          ("accelerator", {a.uuid for a in reading.accelerators})):
+            for device in ids:
+                owners.setdefault((kind, device), []).append(result.name)
+    problems: dict[str, list[str]] = {}
+    for (kind, device), names in sorted(owners.items()):
+        if len(names) > 1:
+            for name in names:
+                others = ", ".join(n for n in names if n != name)
+                problems.setdefault(name, []).append(
+                    f"{kind} id {device!r} is also reported by {others}: give each its own id")
+    return problems
 
 
 _PLACE_KEYS = ("url", "base_url", "endpoint", "address", "path", "file", "command")

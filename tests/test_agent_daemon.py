@@ -298,3 +298,25 @@ def test_describe_source_finds_hosts_urls_and_files():
     section = {"meters": [{"host": "10.0.0.5", "port": 502}, {"host": "10.0.0.6"}],
                "bmcs": [{"url": "https://bmc1"}], "path": "/var/run/terminals"}
     assert describe_source(section) == "/var/run/terminals, 10.0.0.5:502, 10.0.0.6, https://bmc1"
+
+
+def test_check_refuses_two_probes_reporting_the_same_meter(tmp_path):
+    """Two simulated sites in one config both report meters 'utility-main', 'ups-a', 'ups-b':
+    a running agent would drop one probe's readings every cycle, so check fails both, naming
+    the other."""
+    path = tmp_path / "site.toml"
+    path.write_text(CONFIG + """
+[[probes.simulated]]
+seed = 1
+fleet = { "NVIDIA H800" = 2 }
+
+[[probes.simulated]]
+seed = 2
+fleet = { "NVIDIA H800" = 2 }
+""", encoding="utf-8")
+    first, second = check_sources(load_config(path, {**PROBE_KINDS, **TEST_KINDS}))
+    assert not first.ok and not second.ok
+    assert f"meter id 'utility-main' is also reported by {second.probe}: give each its own id" \
+        in first.errors
+    assert f"meter id 'utility-main' is also reported by {first.probe}: give each its own id" \
+        in second.errors

@@ -422,3 +422,26 @@ def test_unchanged_inventory_is_written_again_after_the_refresh_interval(client,
     rows = conn.execute("SELECT fp16_source, last_seen FROM accelerators").fetchall()
     assert rows and all(source != "marker" for source, _ in rows)
     assert all(seen >= before - timedelta(seconds=5) for _, seen in rows)
+
+
+def test_a_revoked_agent_is_refused_at_once_for_reports_and_leases(
+        client, conn, agent, settings, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from jinsuan.cli import app
+    from jinsuan.contract.leasewire import LEASES_PATH, LeaseRequest
+
+    assert agent.post(client, agent.batch(_recent())).json()["status"] == "stored"
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    revoked = CliRunner().invoke(app, ["sites", "revoke-agent", agent.id])
+    assert revoked.exit_code == 0, revoked.output
+    before = counts(conn)
+    reply = agent.post(client, agent.batch(steady_series(now_ms() - 30_000, 2)))
+    assert reply.status_code == 401  # the very next report, although the key was cached
+    assert counts(conn) == before
+    lease = LeaseRequest(agent_id=agent.id, sent_at=datetime.now(UTC), executor="process",
+                         free_slots=1).model_dump_json().encode()
+    assert client.post(LEASES_PATH, content=lease,
+                       headers=agent.signed(lease)).status_code == 401
+    again = CliRunner().invoke(app, ["sites", "revoke-agent", agent.id])
+    assert again.exit_code == 2 and "no enrolled, unrevoked agent" in again.output

@@ -113,3 +113,15 @@ def enrolment_token(
         token = create_enrolment_token(conn, found.id, created_by=None,
                                        valid_for=timedelta(hours=hours))
     typer.echo(token)
+
+
+@sites_app.command("revoke-agent")
+def revoke_agent(agent: Annotated[str, typer.Argument(help="The agent's id, e.g. agt_1a2b...")]
+                 ) -> None:
+    """Revoke an agent: its reports, lease requests and run events are refused at once."""
+    from jinsuan.kernel.sites import revoke_agent
+
+    with _connection() as conn:
+        if not revoke_agent(conn, agent):
+            raise _fail(f"no enrolled, unrevoked agent {agent!r}")
+    console.print(f"revoked agent {agent}; its reports and leases are refused from now on")

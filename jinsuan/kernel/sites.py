@@ -151,3 +151,13 @@ def enrol_agent(
             (agent_id, row[0], public_key, hostname),
         )
     return agent_id, get_site(conn, row[0])
+
+
+def revoke_agent(conn: psycopg.Connection, agent_id: str) -> bool:
+    """Revoke an agent's enrolment, at once: its reports (the intake's writer checks it in the
+    transaction that would store them) and its lease requests and run events (signatures are
+    checked against unrevoked agents only) are refused from the next one on. Its stored data
+    stays. False when there is no such unrevoked agent."""
+    cur = conn.execute(
+        "UPDATE agents SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (agent_id,))
+    return cur.rowcount == 1
