@@ -11,8 +11,11 @@ from jinsuan.kernel.platform import Platform
 
 
 def make_server(platform: Platform, host: str, port: int) -> uvicorn.Server:
+    # Idle keep-alive connections are kept longer (75 s) than agents and clients keep theirs
+    # (httpx: 5 s), so the client always closes first: a server closing a connection just as an
+    # agent sends its next batch on it made the send fail ("Server disconnected") and retry.
     config = uvicorn.Config(create_app(platform), host=host, port=port, log_level="warning",
-                            access_log=False)
+                            access_log=False, timeout_keep_alive=75)
     return uvicorn.Server(config)
 
 
