@@ -240,6 +240,23 @@ def list_jobs(conn: psycopg.Connection, *, tenant: str | None, state: JobState |
     return [JobSummary(**dict(zip(fields, row, strict=True))) for row in rows]
 
 
+WITHHELD = "(withheld)"
+
+
+def withhold_contents(detail: JobDetail) -> JobDetail:
+    """The job as overseers (bureau, admins) see it: what ran where, when and how it ended, but
+    not its environment's values (dispatchers pass tokens there) nor its output's tail, which
+    only the job's own tenant reads."""
+    spec = dict(detail.spec)
+    payload = dict(spec.get("payload") or {})
+    if payload.get("env"):
+        payload["env"] = dict.fromkeys(payload["env"], WITHHELD)
+    spec["payload"] = payload
+    runs = [run.model_copy(update={"log_tail": WITHHELD if run.log_tail else ""})
+            for run in detail.runs]
+    return detail.model_copy(update={"spec": spec, "runs": runs})
+
+
 def job_detail(conn: psycopg.Connection, job_id: str, *, tenant: str | None) -> JobDetail:
     row = conn.execute(_SUMMARY + ", spec FROM jobs WHERE id = %s", (job_id,)).fetchone()
     if row is None or (tenant is not None and row[1] != tenant):

@@ -41,6 +41,7 @@ from scheduler.jobs import (
     cancel_job,
     job_detail,
     list_jobs,
+    withhold_contents,
 )
 from scheduler.leases import handle_event, handle_lease
 from scheduler.placement import Snapshot, TenantUsage, explain
@@ -125,8 +126,12 @@ def jobs_router(service: SchedulerService) -> APIRouter:
 
     @api.get("/v1/jobs/{job_id}", response_model=JobDetail)
     def job(job_id: str, conn: ConnDep, principal: Readers) -> JobDetail:
-        """The job, its runs and transitions, and while it waits: why not placed, per site."""
-        detail = job_detail(conn, job_id, tenant=_own_tenant(principal))
+        """The job, its runs and transitions, and while it waits: why not placed, per site. Its
+        environment's values and its output are shown to its own tenant only."""
+        own = _own_tenant(principal)
+        detail = job_detail(conn, job_id, tenant=own)
+        if own is None:  # an overseer: no environment values, no output
+            detail = withhold_contents(detail)
         if detail.state is JobState.QUEUED:
             detail.why_not = why_not(conn, service, job_id)
         return detail

@@ -361,3 +361,22 @@ def test_usage_api_totals_and_who_sees_what(client, platform, world, conn):
     naive = client.get("/v1/usage", params={"from": "2026-01-01T00:00:00", "to": window["to"]},
                        headers=keys["bureau"])
     assert naive.status_code == 422
+
+
+def test_a_jobs_secrets_and_output_are_its_tenants_alone(client, platform, world):
+    cheap, _, keys = world
+    job_id = _submit(client, keys["t1"], payload={"command": ["train"],
+                                                  "env": {"HF_TOKEN": "hf_s3cret"}})
+    _cycle(platform)
+    lease = LeaseReply.model_validate(cheap.lease(client).json()).new[0]
+    cheap.event(client, lease.run_id, lease.fencing_token, "succeeded", exit_code=0,
+                log_tail="token hf_s3cret loaded\n")
+    own = client.get(f"/v1/jobs/{job_id}", headers=keys["t1"]).json()
+    assert own["spec"]["payload"]["env"] == {"HF_TOKEN": "hf_s3cret"}
+    assert own["runs"][0]["log_tail"] == "token hf_s3cret loaded\n"
+    for overseer in ("bureau", "admin"):
+        seen = client.get(f"/v1/jobs/{job_id}", headers=keys[overseer])
+        assert seen.status_code == 200
+        assert "hf_s3cret" not in seen.text
+        assert seen.json()["spec"]["payload"]["env"] == {"HF_TOKEN": "(withheld)"}
+        assert seen.json()["runs"][0]["state"] == "succeeded"
