@@ -24,6 +24,7 @@ from jinsuan.kernel.errors import (
     Unavailable,
 )
 from jinsuan.kernel.gate import ConnectionGate
+from jinsuan.kernel.limits import BodyLimit
 from jinsuan.kernel.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def create_app(platform: Platform) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
+    app.add_middleware(BodyLimit, limit=platform.settings.max_request_bytes)
     app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.kernel.auth.KEY_CACHE_TTL_S
     # Requests share the pool but for the connections kept for the placement cycle.
     settings = platform.settings

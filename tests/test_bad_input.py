@@ -44,3 +44,29 @@ def test_a_nul_character_is_refused_not_a_500(
     reply = client.request(method.upper(), path, json=body, headers=keys["t1"])
     assert reply.status_code == 422, reply.text
     assert reply.json()["error"]["code"] == "invalid"
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_or_stored(
+        client, world, conn) -> None:  # noqa: F811
+    _, _, keys = world
+    before = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    huge = {**JOB, "name": "big", "payload": {"command": ["x" * (2 << 20)]}}
+    declared = client.post("/v1/jobs", json=huge, headers=keys["t1"])
+    assert declared.status_code == 413
+    assert declared.json()["error"] == {
+        "code": "too_large", "field": "body",
+        "reason": f"body is {len(declared.request.content)} bytes; at most 1048576 allowed"}
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"project": "p", "tasks": 1, "accelerators_per_task": 1, "payload": {"command": ["'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"]}}'
+
+    streamed = client.post("/v1/jobs", content=chunks(),
+                           headers={**keys["t1"], "Content-Type": "application/json"})
+    assert streamed.status_code == 413
+    assert streamed.json()["error"]["code"] == "too_large"
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == before
+    # A job of ordinary size still goes in.
+    assert client.post("/v1/jobs", json=JOB, headers=keys["t1"]).status_code == 201

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=800, ge=1, description="Raw telemetry kept this long.")
     max_future_skew_s: float = Field(default=300, ge=0)
     max_body_bytes: int = Field(default=32 * 2**20, ge=1024)
+    max_request_bytes: int = Field(
+        default=2**20, ge=1024, description="The largest request body outside /v1/reports.")
     rollup_every_s: float = Field(default=60, gt=0)
     rollup_grace_s: float = Field(
         default=120, ge=0, description="Wait this long after an hour ends before closing it."
