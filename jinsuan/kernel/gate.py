@@ -38,8 +38,11 @@ class ConnectionGate:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.Connection]:
+        # The place is held on behalf of this use, not of the task: a dependency's teardown
+        # need not run in the task that set it up.
+        holder = object()
         with anyio.move_on_after(self.wait_s) as waited:
-            await self.limiter.acquire()
+            await self.limiter.acquire_on_behalf_of(holder)
         if waited.cancelled_caught:
             raise Unavailable("the platform is busy; retry shortly", retry_after_s=RETRY_AFTER_S)
         try:
@@ -53,4 +56,4 @@ class ConnectionGate:
             finally:
                 await run_in_threadpool(self.pool.putconn, conn)
         finally:
-            self.limiter.release()
+            self.limiter.release_on_behalf_of(holder)
