@@ -1,4 +1,5 @@
-"""The platform's background jobs: hourly rollups and the upkeep of raw-sample partitions.
+"""The platform's background jobs: hourly rollups, the upkeep of raw-sample partitions, and
+the ledger's signed checkpoints.
 
 Every platform process runs them; the rollup takes a PostgreSQL advisory lock so that only
 one process computes at a time (the others skip that tick), and partition upkeep is
@@ -14,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from collectors.rollup import run_rollups
+from jinsuan.kernel import ledger
 from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,20 @@ def maintain_partitions(db: Database, retention_days: int, today: datetime | Non
         log.info("retention: dropped raw-sample partitions %s", ", ".join(dropped))
 
 
+def checkpoint_ledger(db: Database, settings: Settings) -> None:
+    """Sign the ledger's head when entries were added since the last checkpoint."""
+    with db.pool.connection() as conn:
+        head, signed = conn.execute(
+            "SELECT seq, (SELECT max(seq) FROM ledger_checkpoints) FROM ledger_head").fetchone()
+        if signed is None or head > signed:
+            done = ledger.checkpoint(conn, ledger.signing_key(settings.ledger_key_path()))
+            log.info("ledger: signed the head at entry %d", done["seq"])
+
+
 def start_background_jobs(platform: Platform) -> BackgroundScheduler:
-    """Start the rollup (every ``rollup_every_s``) and partition upkeep (hourly); both also
-    run right away. Call ``.shutdown(wait=True)`` on the result at exit."""
+    """Start the rollup (every ``rollup_every_s``) and partition upkeep (hourly), both also
+    run right away, and ledger checkpoints (every ``ledger_checkpoint_every_s``).
+    Call ``.shutdown(wait=True)`` on the result at exit."""
     settings, db = platform.settings, platform.db
     jobs = BackgroundJobs()
     now = datetime.now(UTC)
@@ -72,6 +86,16 @@ def start_background_jobs(platform: Platform) -> BackgroundScheduler:
         kwargs={"stop": jobs.stopping},
         id="rollup",
         next_run_time=now,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    jobs.add_job(
+        checkpoint_ledger,
+        "interval",
+        seconds=settings.ledger_checkpoint_every_s,
+        args=(db, settings),
+        id="ledger-checkpoint",
         coalesce=True,
         max_instances=1,
         misfire_grace_time=None,

@@ -11,6 +11,7 @@ import typer
 from jinsuan.cli.admin import keys_app, sites_app
 from jinsuan.cli.agent import agent_app
 from jinsuan.cli.job import job_app
+from jinsuan.cli.ledger import ledger_app
 from jinsuan.cli.report import report
 from jinsuan.cli.server import demo, serve
 
@@ -27,6 +28,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
 app.add_typer(agent_app, name="agent")
 app.add_typer(job_app, name="job")
+app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:

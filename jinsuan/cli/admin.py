@@ -16,7 +16,7 @@ console = Console(soft_wrap=True)  # a path or id in a message is never broken a
 
 
 @contextmanager
-def _connection() -> Iterator[object]:
+def connection() -> Iterator[object]:
     from jinsuan.kernel.settings import Settings
     from jinsuan.kernel.store import Database
 
@@ -28,7 +28,7 @@ def _connection() -> Iterator[object]:
         db.close()
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=2)
 
@@ -48,13 +48,13 @@ def create_key(
     try:
         parsed = Role(role)
     except ValueError:
-        raise _fail(f"--role {role!r} is not one of {', '.join(r.value for r in Role)}") from None
-    with _connection() as conn:
+        raise fail(f"--role {role!r} is not one of {', '.join(r.value for r in Role)}") from None
+    with connection() as conn:
         try:
             owner = enterprise_id(conn, enterprise) if enterprise else None
             key = create_key(conn, parsed, enterprise_id=owner, tenant=tenant, label=label)
         except JinsuanError as exc:
-            raise _fail(f"--{exc.field}: {exc.reason}" if exc.field else exc.reason) from None
+            raise fail(f"--{exc.field}: {exc.reason}" if exc.field else exc.reason) from None
     typer.echo(key)
 
 
@@ -64,9 +64,9 @@ def revoke_key(prefix: Annotated[str, typer.Argument(help="The part after jsk_, 
     """Revoke a key by its prefix."""
     from jinsuan.kernel.auth import revoke_key
 
-    with _connection() as conn:
+    with connection() as conn:
         if not revoke_key(conn, prefix):
-            raise _fail(f"no active key with prefix {prefix!r}")
+            raise fail(f"no active key with prefix {prefix!r}")
     console.print(f"revoked jsk_{prefix}_…")
 
 
@@ -84,12 +84,12 @@ def create_site(
     from jinsuan.kernel.errors import JinsuanError
     from jinsuan.kernel.sites import create_site
 
-    with _connection() as conn:
+    with connection() as conn:
         try:
             site = create_site(conn, enterprise=enterprise, name=name, city=city,
                                in_province=not out_of_province, data_centre=data_centre)
         except JinsuanError as exc:
-            raise _fail(exc.reason) from None
+            raise fail(exc.reason) from None
     console.print(f"site {site.id} {site.name!r} in {site.city} for {site.enterprise},"
                   f" data centre {site.data_centre!r}")
 
@@ -105,11 +105,11 @@ def enrolment_token(
     from jinsuan.kernel.errors import JinsuanError
     from jinsuan.kernel.sites import create_enrolment_token, site_by_name
 
-    with _connection() as conn:
+    with connection() as conn:
         try:
             found = site_by_name(conn, site)
         except JinsuanError as exc:
-            raise _fail(exc.reason) from None
+            raise fail(exc.reason) from None
         token = create_enrolment_token(conn, found.id, created_by=None,
                                        valid_for=timedelta(hours=hours))
     typer.echo(token)
@@ -121,7 +121,7 @@ def revoke_agent(agent: Annotated[str, typer.Argument(help="The agent's id, e.g.
     """Revoke an agent: its reports, lease requests and run events are refused at once."""
     from jinsuan.kernel.sites import revoke_agent
 
-    with _connection() as conn:
+    with connection() as conn:
         if not revoke_agent(conn, agent):
-            raise _fail(f"no enrolled, unrevoked agent {agent!r}")
+            raise fail(f"no enrolled, unrevoked agent {agent!r}")
     console.print(f"revoked agent {agent}; its reports and leases are refused from now on")

@@ -24,7 +24,7 @@ Key = Annotated[str, typer.Option("--key", envvar="JINSUAN_API_KEY", help="Your 
 _ENDED = {"succeeded", "failed", "cancelled"}
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=2)
 
@@ -37,7 +37,7 @@ def _call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
                           headers={"Authorization": f"Bearer {key}"}) as client:
             reply = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the platform at {url}: {exc}") from None
+        raise fail(f"cannot reach the platform at {url}: {exc}") from None
     if reply.status_code >= 400:
         try:
             error = reply.json()["error"]
@@ -45,7 +45,7 @@ def _call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
             message = f"{error['reason']}{where}"
         except (ValueError, KeyError, TypeError):
             message = reply.text[:500]
-        raise _fail(f"{reply.status_code}: {message}")
+        raise fail(f"{reply.status_code}: {message}")
     return reply.json()
 
 
@@ -55,11 +55,11 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc}") from None
+        raise fail(f"cannot read {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise _fail(f"{path} is not valid YAML: {exc}") from None
+        raise fail(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise _fail(f"{path}: a job spec is a mapping (project:, tasks:, payload: ...)")
+        raise fail(f"{path}: a job spec is a mapping (project:, tasks:, payload: ...)")
     return data
 
 
@@ -85,7 +85,7 @@ def build_spec(file: Path | None, flags: dict[str, Any], constraints: dict[str, 
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         source = f"{file}: " if file else ""
-        raise _fail(f"{source}{where}: {first['msg']}") from None
+        raise fail(f"{source}{where}: {first['msg']}") from None
 
 
 @job_app.command()
@@ -120,7 +120,7 @@ def submit(
     for item in env or []:
         name_, sep, value = item.partition("=")
         if not sep or not name_:
-            raise _fail(f"--env {item!r} is not KEY=VALUE")
+            raise fail(f"--env {item!r} is not KEY=VALUE")
         environment[name_] = value
     spec = build_spec(
         file,

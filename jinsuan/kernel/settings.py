@@ -47,3 +47,11 @@ class Settings(BaseSettings):
         default=120, ge=0, description="Wait this long after an hour ends before closing it."
     )
     run_background_jobs: bool = True
+    ledger_key_file: Path | None = Field(
+        default=None, description="The platform's Ed25519 key that signs ledger checkpoints"
+        " (created on first use); default: ledger-ed25519.pem in data_dir.")
+    ledger_checkpoint_every_s: float = Field(
+        default=3600, gt=0, description="How often the ledger's head is signed.")
+
+    def ledger_key_path(self) -> Path:
+        return self.ledger_key_file or self.data_dir / "ledger-ed25519.pem"
