@@ -10,7 +10,8 @@ intervals that cross the hour's edges are split (the arithmetic is :mod:`collect
   covered fraction among the role's meters, 0 when the role has none: one silent facility
   meter must flag the hour, since its missing energy would make the PUE look better.
 - Connected FP16 PFlops: Σ peak TFLOPS × (time-weighted ``accelerator_up`` over the hour)
-  / 1000, so a device counts only for the time it reported being up; gaps count as down.
+  / 1000, so a device counts only for the time it reported being up; gaps count as down. The
+  part resting on estimated peaks (a model without a datasheet figure) is kept apart too.
 - Accelerators connected: distinct devices reporting ``accelerator_up = 1`` in the hour.
 - Racks: the largest ``site_racks`` reading in the hour, else the racks in the inventory.
 - Utilisation: time-weighted over all accelerator-seconds with samples.
@@ -105,6 +106,7 @@ class Inventory:
     meter_roles: dict[str, str]  # every meter of the site: id -> 'it' | 'facility'
     meters_present: frozenset[str]  # meters listed by the hour's end
     fp16_tflops: dict[str, float | None]  # every accelerator of the site: uuid -> peak TFLOPS
+    fp16_estimated: frozenset[str]  # accelerators whose peak is an estimate, not a datasheet's
     accelerators_present: frozenset[str]  # accelerators listed by the hour's end
     racks: int  # racks listed by the hour's end
 
@@ -117,6 +119,7 @@ class SiteHour:
     facility_kwh: Decimal | None
     pue: Decimal | None
     fp16_pflops: float
+    fp16_pflops_estimated: float  # the part of fp16_pflops resting on estimated peaks
     accelerators: int
     racks: int
     utilization: float | None
@@ -172,10 +175,10 @@ def summarise(site_id: int, hour: datetime, window: Window) -> SiteHour:
         up_seconds[device], covered[device] = integral.joules, integral.covered_s
         if integral.covered_s > 0 or track.any_in(start, end):
             accelerators.add(device)
-    pflops = sum(
-        (inventory.fp16_tflops.get(d) or 0.0) * min(up_seconds.get(d, 0.0) / span, 1.0)
-        for d in accelerators
-    ) / 1000
+    tflops = {d: (inventory.fp16_tflops.get(d) or 0.0) * min(up_seconds.get(d, 0.0) / span, 1.0)
+              for d in accelerators}
+    pflops = sum(tflops.values()) / 1000
+    estimated = sum(t for d, t in tflops.items() if d in inventory.fp16_estimated) / 1000
     connected = sum(
         1 for t in up_tracks.values() if any(start <= ts < end and v == 1 for ts, v in t.points)
     )
@@ -200,6 +203,7 @@ def summarise(site_id: int, hour: datetime, window: Window) -> SiteHour:
         facility_kwh=_kwh(energy["facility"]),
         pue=None if ratio is None else Decimal(ratio).quantize(_PUE, ROUND_HALF_EVEN),
         fp16_pflops=pflops,
+        fp16_pflops_estimated=estimated,
         accelerators=connected,
         racks=round(max(rack_readings)) if rack_readings else inventory.racks,
         utilization=busy / seconds if seconds > 0 else None,
@@ -295,7 +299,8 @@ def _inventory(conn: psycopg.Connection, site_id: int, end: datetime) -> Invento
         "SELECT id, role, first_seen < %s FROM meters WHERE site_id = %s", (end, site_id)
     ).fetchall()
     accelerators = conn.execute(
-        "SELECT uuid, fp16_tflops, first_seen < %s FROM accelerators WHERE site_id = %s",
+        "SELECT uuid, fp16_tflops, first_seen < %s, fp16_estimated FROM accelerators"
+        " WHERE site_id = %s",
         (end, site_id),
     ).fetchall()
     racks = conn.execute(
@@ -304,15 +309,16 @@ def _inventory(conn: psycopg.Connection, site_id: int, end: datetime) -> Invento
     return Inventory(
         meter_roles={m: role for m, role, _ in meters},
         meters_present=frozenset(m for m, _, present in meters if present),
-        fp16_tflops={u: tflops for u, tflops, _ in accelerators},
-        accelerators_present=frozenset(u for u, _, present in accelerators if present),
+        fp16_tflops={u: tflops for u, tflops, _, _ in accelerators},
+        fp16_estimated=frozenset(u for u, _, _, estimated in accelerators if estimated),
+        accelerators_present=frozenset(u for u, _, present, _ in accelerators if present),
         racks=racks[0] if racks else 0,
     )
 
 
 _COLUMNS = (
-    "it_kwh", "facility_kwh", "pue", "fp16_pflops", "accelerators", "racks", "utilization",
-    "coverage_it", "coverage_facility", "coverage_accelerators", "quality",
+    "it_kwh", "facility_kwh", "pue", "fp16_pflops", "fp16_pflops_estimated", "accelerators",
+    "racks", "utilization", "coverage_it", "coverage_facility", "coverage_accelerators", "quality",
 )
 _UPSERT_SQL = (
     f"INSERT INTO rollup_site_hourly (site_id, hour, {', '.join(_COLUMNS)})"

@@ -315,3 +315,24 @@ def test_the_ledger_from_the_command_line(chain: psycopg.Connection, database_ur
     tamper(chain, "UPDATE ledger_entries SET amount = 1 WHERE seq = 2")
     again = runner.invoke(app, ["ledger", "verify", "--public-key", str(tmp_path / "platform.pub")])
     assert again.exit_code == 1 and "entry 2: its fields do not hash" in again.output
+
+
+def test_the_background_checkpoint_signs_only_a_new_head(db, settings) -> None:
+    """``collectors.jobs.checkpoint_ledger``: nothing to sign on an empty ledger's first head
+    once signed; a new entry, a new checkpoint; no new entry, none."""
+    from collectors.jobs import checkpoint_ledger
+
+    def count() -> int:
+        with db.pool.connection() as c:
+            return c.execute("SELECT count(*) FROM ledger_checkpoints").fetchone()[0]
+
+    checkpoint_ledger(db, settings)
+    assert count() == 1  # the empty chain's head (entry 0) is signed once
+    checkpoint_ledger(db, settings)
+    assert count() == 1
+    with db.pool.connection() as c:
+        post(c, Move("pool.fund", "fund:policy", "pool:2025", Decimal("5.00")))
+    checkpoint_ledger(db, settings)
+    assert count() == 2
+    with db.pool.connection() as c:
+        assert ledger.verify(c, ledger.signing_key(settings.ledger_key_path()).public_key()) == []

@@ -7,7 +7,7 @@ with, so no reader writes its own bounds.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -34,3 +34,11 @@ def hours_in(start: datetime, end: datetime) -> int:
 
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
+
+
+def days_bounds(first: date, last: date) -> tuple[datetime, datetime]:
+    """The Asia/Shanghai calendar days ``first`` .. ``last`` (inclusive) as a UTC
+    ``[start, end)`` pair."""
+    after = last + timedelta(days=1)
+    return (_utc(datetime(first.year, first.month, first.day, tzinfo=SHANGHAI)),
+            _utc(datetime(after.year, after.month, after.day, tzinfo=SHANGHAI)))
