@@ -59,6 +59,7 @@ def _loc(loc: tuple[object, ...]) -> str:
 def create_app(platform: Platform) -> FastAPI:
     from collectors.jobs import start_background_jobs
     from collectors.routes import routers as collector_routers
+    from rewards.routes import router as rewards_router
     from scheduler.routes import routers as scheduler_routers
     from scheduler.service import service_for
 
@@ -114,6 +115,6 @@ def create_app(platform: Platform) -> FastAPI:
 
     # The scheduler's first: FastAPI tries routes in order, and submits and lease requests are
     # the busiest (no two routes share a path, so the order changes nothing else).
-    for router in [*scheduler_routers(platform), *collector_routers(platform)]:
+    for router in [*scheduler_routers(platform), *collector_routers(platform), rewards_router()]:
         app.include_router(router)
     return app

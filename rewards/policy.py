@@ -104,7 +104,11 @@ class Policy:
 
 def load(path: Path) -> Policy:
     """Read and validate one policy file."""
-    raw = path.read_bytes()
+    return parse(path.read_bytes(), path)
+
+
+def parse(raw: bytes, path: Path) -> Policy:
+    """Validate a policy file's bytes (``path`` names it in errors and in the policy)."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

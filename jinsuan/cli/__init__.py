@@ -13,6 +13,7 @@ from jinsuan.cli.agent import agent_app
 from jinsuan.cli.job import job_app
 from jinsuan.cli.ledger import ledger_app
 from jinsuan.cli.report import report
+from jinsuan.cli.rewards import rewards_app
 from jinsuan.cli.server import demo, serve
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(sites_app, name="sites")
 app.add_typer(agent_app, name="agent")
 app.add_typer(job_app, name="job")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(rewards_app, name="rewards")
 
 
 def main() -> None:

@@ -7,12 +7,12 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from jinsuan.cli.client import console, fail
 
 keys_app = typer.Typer(help="API keys: each bound to a role and an owner.", no_args_is_help=True)
 sites_app = typer.Typer(help="Data-centre sites and their agents' enrolment.",
                         no_args_is_help=True)
-console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
 
 @contextmanager
@@ -26,11 +26,6 @@ def connection() -> Iterator[object]:
             yield conn
     finally:
         db.close()
-
-
-def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
 
 
 @keys_app.command("create")

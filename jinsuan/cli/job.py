@@ -12,41 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from jinsuan.cli.client import Key, Url, call, console, fail
 
 job_app = typer.Typer(help="Jobs: submit, list, show (and why not placed), watch, cancel.",
                       no_args_is_help=True)
-console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
-
-Url = Annotated[str, typer.Option("--url", envvar="JINSUAN_URL", help="The platform's URL.")]
-Key = Annotated[str, typer.Option("--key", envvar="JINSUAN_API_KEY", help="Your API key.")]
 _ENDED = {"succeeded", "failed", "cancelled"}
-
-
-def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
-
-
-def _call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
-    import httpx  # here, not at the top: `jinsuan agent run` should not load it via this module
-
-    try:
-        with httpx.Client(base_url=url, timeout=30,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            reply = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise fail(f"cannot reach the platform at {url}: {exc}") from None
-    if reply.status_code >= 400:
-        try:
-            error = reply.json()["error"]
-            where = f" ({error['field']})" if error.get("field") else ""
-            message = f"{error['reason']}{where}"
-        except (ValueError, KeyError, TypeError):
-            message = reply.text[:500]
-        raise fail(f"{reply.status_code}: {message}")
-    return reply.json()
 
 
 def _load_file(path: Path) -> dict[str, Any]:
@@ -131,7 +103,7 @@ def submit(
          "site": site, "max_price": str(Decimal(max_price)) if max_price else None},
         {"command": command or [], "image": image, "env": environment},
     )
-    typer.echo(_call("POST", url, key, "/v1/jobs", json=spec)["id"])
+    typer.echo(call("POST", url, key, "/v1/jobs", json=spec)["id"])
 
 
 @job_app.command("list")
@@ -143,7 +115,7 @@ def list_(url: Url, key: Key,
     params = {k: v for k, v in {"state": state, "tenant": tenant, "limit": limit}.items() if v}
     table = Table("tenant", "project", "state", "tries", "accelerators", "submitted")
     table.add_column("id", no_wrap=True)
-    for job in _call("GET", url, key, "/v1/jobs", params=params):
+    for job in call("GET", url, key, "/v1/jobs", params=params):
         table.add_row(job["tenant"], job["project"], job["state"], str(job["tries"]),
                       f"{job['tasks']}×{job['accelerators_per_task']}",
                       job["submitted_at"][:19], job["id"])
@@ -178,7 +150,7 @@ def render(job: dict[str, Any]) -> None:
 @job_app.command()
 def show(job_id: str, url: Url, key: Key) -> None:
     """Where the job runs and since when, its tries, and while it waits why it is not placed."""
-    render(_call("GET", url, key, f"/v1/jobs/{job_id}"))
+    render(call("GET", url, key, f"/v1/jobs/{job_id}"))
 
 
 @job_app.command()
@@ -187,7 +159,7 @@ def watch(job_id: str, url: Url, key: Key,
     """Print each state change until the job ends."""
     seen = None
     while True:
-        job = _call("GET", url, key, f"/v1/jobs/{job_id}")
+        job = call("GET", url, key, f"/v1/jobs/{job_id}")
         if job["state"] != seen:
             seen = job["state"]
             where = f" at {job['runs'][-1]['site']}" if job["runs"] else ""
@@ -200,4 +172,4 @@ def watch(job_id: str, url: Url, key: Key,
 @job_app.command()
 def cancel(job_id: str, url: Url, key: Key) -> None:
     """Cancel a job; a running job's site stops it at its next heartbeat."""
-    typer.echo(_call("POST", url, key, f"/v1/jobs/{job_id}/cancel")["state"])
+    typer.echo(call("POST", url, key, f"/v1/jobs/{job_id}/cancel")["state"])

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from jinsuan.cli.admin import connection, console
+from jinsuan.cli.admin import connection
+from jinsuan.cli.client import console
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

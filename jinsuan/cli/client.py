@@ -1,0 +1,41 @@
+"""What the command line's sub-commands share: the console, how a failure is told, and calls to
+the platform's REST API with the caller's key (``--key`` or ``JINSUAN_API_KEY``, the platform
+from ``--url`` or ``JINSUAN_URL``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
+
+Url = Annotated[str, typer.Option("--url", envvar="JINSUAN_URL", help="The platform's URL.")]
+Key = Annotated[str, typer.Option("--key", envvar="JINSUAN_API_KEY", help="Your API key.")]
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
+    """The JSON answer of ``method path``; an error answer ends the command with its reason."""
+    import httpx  # here, not at the top: `jinsuan agent run` should not load it via this module
+
+    try:
+        with httpx.Client(base_url=url, timeout=120,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            reply = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the platform at {url}: {exc}") from None
+    if reply.status_code >= 400:
+        try:
+            error = reply.json()["error"]
+            where = f" ({error['field']})" if error.get("field") else ""
+            message = f"{error['reason']}{where}"
+        except (ValueError, KeyError, TypeError):
+            message = reply.text[:500]
+        raise fail(f"{reply.status_code}: {message}")
+    return reply.json()
