@@ -59,7 +59,10 @@ def _loc(loc: tuple[object, ...]) -> str:
 def create_app(platform: Platform) -> FastAPI:
     from collectors.jobs import start_background_jobs
     from collectors.routes import routers as collector_routers
-    from rewards.routes import router as rewards_router
+    from rewards import jobs as money_jobs
+    from rewards import ledger_routes
+    from rewards import routes as rewards_routes
+    from rewards.vouchers import routes as voucher_routes
     from scheduler.routes import routers as scheduler_routers
     from scheduler.service import service_for
 
@@ -67,6 +70,8 @@ def create_app(platform: Platform) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         background = platform.settings.run_background_jobs
         jobs = start_background_jobs(platform) if background else None
+        if jobs is not None:
+            money_jobs.schedule(jobs, platform.db)
         placement = service_for(platform)
         if background:
             placement.start()
@@ -115,6 +120,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     # The scheduler's first: FastAPI tries routes in order, and submits and lease requests are
     # the busiest (no two routes share a path, so the order changes nothing else).
-    for router in [*scheduler_routers(platform), *collector_routers(platform), rewards_router()]:
+    money = [rewards_routes.router(), voucher_routes.router(), ledger_routes.router()]
+    for router in [*scheduler_routers(platform), *collector_routers(platform), *money]:
         app.include_router(router)
     return app

@@ -6,8 +6,11 @@ What each kind holds, and which measure reads it:
 
 - ``commissioning`` (4, 1, 6): ``date`` the centre was commissioned or retrofitted,
   ``retrofit`` whether it was a retrofit; per data centre.
-- ``investment`` (1, 5a): ``amount`` yuan of platform software and hardware investment.
-- ``loan`` (1): ``amount`` yuan, annual ``rate``, ``start`` date, ``months``.
+- ``investment`` (5a): ``amount`` yuan invested in the scheduling and monitoring platform.
+- ``centre_investment`` (1): ``amount`` yuan of the centre's platform software and hardware
+  investment; per data centre.
+- ``loan`` (1): a project loan of the centre, ``amount`` yuan, annual ``rate``, ``start``
+  date, ``months``; per data centre, one declaration a loan.
 - ``cloud_revenue_share`` (2), ``domestic_share_other`` (6): a ``share`` between 0 and 1.
 - ``out_of_province_contracts`` (10): ``amount`` yuan of contracts in the ``year``.
 """
@@ -62,7 +65,8 @@ class Contracts(_Value):
 KINDS: dict[str, tuple[type[_Value], bool]] = {
     "commissioning": (Commissioning, True),  # (what it holds, per data centre)
     "investment": (Investment, False),
-    "loan": (Loan, False),
+    "centre_investment": (Investment, True),
+    "loan": (Loan, True),
     "cloud_revenue_share": (Share, False),
     "domestic_share_other": (Share, True),
     "out_of_province_contracts": (Contracts, False),
@@ -76,7 +80,7 @@ class Evidence(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-_EVIDENCE = TypeAdapter(list[Evidence])
+EVIDENCE = TypeAdapter(list[Evidence])
 
 
 def declare(conn: psycopg.Connection, principal: Principal, *, kind: str,
@@ -97,8 +101,8 @@ def declare(conn: psycopg.Connection, principal: Principal, *, kind: str,
             (owner, data_centre)).fetchone() is None:
         raise NotFound(f"the enterprise has no data centre {data_centre!r}",
                        field="data_centre")
-    checked = _validated(lambda: model.model_validate(value), "value")
-    papers = _validated(lambda: _EVIDENCE.validate_python(evidence), "evidence")
+    checked = validated(lambda: model.model_validate(value), "value")
+    papers = validated(lambda: EVIDENCE.validate_python(evidence), "evidence")
     if not papers:
         raise Invalid("a declaration names at least one evidence document", field="evidence")
     return conn.execute(
@@ -109,7 +113,7 @@ def declare(conn: psycopg.Connection, principal: Principal, *, kind: str,
     ).fetchone()[0]  # type: ignore[index]
 
 
-def _validated(check: Callable[[], T], root: str) -> T:
+def validated(check: Callable[[], T], root: str) -> T:
     """``check()``, its first validation error an :class:`Invalid` naming the field."""
     try:
         return check()

@@ -28,8 +28,19 @@ MEASURE_PARAMETERS: dict[str, dict[str, str]] = {
     "5b": {"rate": AMOUNT, "cap": AMOUNT},
     "4": {"pue_below": RATIO, "full_coverage_hour": RATIO, "min_metered_share": RATIO,
           "new_since": DATE, "per_rack": AMOUNT, "cap": AMOUNT},
+    "1": {"min_pflops": RATIO, "min_hours": RATIO, "new_since": DATE,
+          "investment_share": RATIO, "cap": AMOUNT, "interest_rate": RATIO,
+          "interest_months": RATIO},
+    "2": {"min_share": RATIO, "per_rack": AMOUNT, "cap": AMOUNT},
+    "3": {"min_terminals": RATIO, "per_rack": AMOUNT, "cap": AMOUNT},
+    "6": {"min_share": RATIO, "accelerator_share": "choice:count|capacity|both",
+          "new_since": DATE, "reward": AMOUNT, "cap": AMOUNT},
+    "9": {"rate": RATIO, "special_rate": RATIO, "cap": AMOUNT, "special_cap": AMOUNT,
+          "pool": AMOUNT, "when_pool_short": "choice:issue_remainder|refuse",
+          "draw_share": "choice:voucher_rate|full_cost",
+          "settlement_period": "choice:quarter|month|year"},
 }
-"""What each assessed measure reads from the policy, by kind."""
+"""What each measure reads from the policy, by kind; ``choice:a|b`` is one of the words."""
 
 _POLICY_KEYS = {"id": str, "version": int, "document": str, "effective_from": date,
                 "effective_to": date, "rounding": str}
@@ -49,7 +60,7 @@ class Parameter:
     """One figure of the policy; ``assumption`` when the bureau, not the policy, sets it."""
 
     name: str  # "4.per_rack"
-    value: Decimal | date
+    value: Decimal | date | str
     unit: str
     per: str
     assumption: bool
@@ -77,6 +88,11 @@ class Measure:
     def date(self, name: str) -> date:
         value = self.parameters[name].value
         assert isinstance(value, date)
+        return value
+
+    def choice(self, name: str) -> str:
+        value = self.parameters[name].value
+        assert isinstance(value, str)
         return value
 
 
@@ -178,6 +194,8 @@ def _measure(path: Path, key: str, table: Any) -> Measure:
 
 def _parameter(path: Path, name: str, kind: str, table: Any) -> Parameter:
     where = f"measures.{name}"
+    if kind.startswith("choice:"):
+        return _choice(path, name, kind.removeprefix("choice:").split("|"), table)
     if not isinstance(table, dict):
         raise PolicyError(path, where, f"expected a table with {_VALUE_KEY[kind]!r}")
     value_key = _VALUE_KEY[kind]
@@ -215,6 +233,21 @@ def _parameter(path: Path, name: str, kind: str, table: Any) -> Parameter:
         raise PolicyError(path, f"{where}.note", "an assumption says why in a note")
     return Parameter(name, value, table.get("unit", ""), table.get("per", ""), assumption,
                      table.get("note", ""))
+
+
+def _choice(path: Path, name: str, words: list[str], table: Any) -> Parameter:
+    where = f"measures.{name}"
+    if not isinstance(table, dict):
+        raise PolicyError(path, where, "expected a table with 'value'")
+    _only(path, where, table, {"value", "assumption", "note"}, required={"value"})
+    if table["value"] not in words:
+        raise PolicyError(path, f"{where}.value", f"{table['value']!r} is not one of"
+                          f" {', '.join(words)}")
+    assumption = table.get("assumption", False)
+    if not isinstance(assumption, bool) or (assumption and not table.get("note")):
+        raise PolicyError(path, f"{where}.assumption", "true or false; an assumption has a"
+                          " note")
+    return Parameter(name, table["value"], "", "", assumption, table.get("note", ""))
 
 
 def _only(path: Path, where: str, table: dict[str, Any], allowed: set[str],

@@ -56,6 +56,9 @@ class JobSpec(_Spec):
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_runtime_s: int | None = Field(default=None, gt=0, le=MAX_RUNTIME_S)
     retries: int = Field(default=0, ge=0, le=100)
+    voucher: int | None = Field(
+        default=None, gt=0, description="A compute voucher (算力券) of the applicant the tenant"
+        " acts for: each usage record of the job draws on it (GET /v1/vouchers/draws/by-job).")
     payload: Payload
 
     @property

@@ -115,7 +115,7 @@ def test_amounts_are_positive_fen(conn: psycopg.Connection) -> None:
 def test_no_role_may_update_or_delete_an_entry(chain: psycopg.Connection) -> None:
     # the owner (here a superuser) is stopped by the trigger ...
     for sql in ("UPDATE ledger_entries SET amount = 1 WHERE seq = 1",
-                "DELETE FROM ledger_entries WHERE seq = 5", "TRUNCATE ledger_entries",
+                "DELETE FROM ledger_entries WHERE seq = 5", "TRUNCATE ledger_entries CASCADE",
                 "DELETE FROM ledger_checkpoints"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"), \
                 chain.transaction():

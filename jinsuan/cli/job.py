@@ -84,6 +84,8 @@ def submit(
     priority: Annotated[int | None, typer.Option()] = None,
     max_runtime: Annotated[int | None, typer.Option(help="Seconds.")] = None,
     retries: Annotated[int | None, typer.Option()] = None,
+    voucher: Annotated[int | None, typer.Option(
+        help="A compute voucher of your applicant for the job's usage to draw on.")] = None,
     image: Annotated[str | None, typer.Option(help="Container image.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
 ) -> None:
@@ -97,7 +99,8 @@ def submit(
     spec = build_spec(
         file,
         {"project": project, "name": name, "tasks": tasks, "accelerators_per_task": accelerators,
-         "priority": priority, "max_runtime_s": max_runtime, "retries": retries},
+         "priority": priority, "max_runtime_s": max_runtime, "retries": retries,
+         "voucher": voucher},
         {"models": model or [], "vendor": vendor, "domestic_only": domestic_only,
          "min_fp16_tflops": min_tflops, "min_memory_gb": min_memory_gb, "cities": city or [],
          "site": site, "max_price": str(Decimal(max_price)) if max_price else None},
@@ -149,8 +152,17 @@ def render(job: dict[str, Any]) -> None:
 
 @job_app.command()
 def show(job_id: str, url: Url, key: Key) -> None:
-    """Where the job runs and since when, its tries, and while it waits why it is not placed."""
-    render(call("GET", url, key, f"/v1/jobs/{job_id}"))
+    """Where the job runs and since when, its tries, while it waits why it is not placed, and
+    what its usage drew from its voucher."""
+    job = call("GET", url, key, f"/v1/jobs/{job_id}")
+    render(job)
+    if job["spec"].get("voucher"):
+        table = Table("usage record", "voucher", "drew (yuan)", "why",
+                      title=f"voucher {job['spec']['voucher']}")
+        for draw in call("GET", url, key, f"/v1/vouchers/draws/by-job/{job_id}"):
+            table.add_row(str(draw["usage_record"]), str(draw["voucher"]), draw["amount"],
+                          draw["reason"])
+        console.print(table if table.row_count else "no usage drawn on the voucher yet")
 
 
 @job_app.command()
