@@ -88,3 +88,49 @@ def test_voucher_api_roles_and_scopes(settings, db, conn) -> None:
         exported = client.get("/v1/ledger/export", headers=bearer(admin))
         assert exported.headers["content-type"].startswith("application/jsonl")
         assert exported.text.count('"type": "entry"') == 3  # fund, issue, draw
+
+
+def test_the_voucher_command_line(settings, db, conn, tmp_path) -> None:
+    """``jinsuan voucher``: apply with documents (only names and hashes leave the machine),
+    review with one bureau key, refused approval with the same key, show and statement."""
+    import hashlib
+
+    from servers import serving
+    from typer.testing import CliRunner
+
+    from jinsuan.cli import app as cli
+
+    world = World(conn, db)
+    lab = create_key(conn, Role.DISPATCHER, tenant="lab-a")
+    maker = create_key(conn, Role.BUREAU)
+    contract = tmp_path / "算力服务合同.pdf"
+    contract.write_bytes(b"%PDF-1.7 the contract")
+    app, _ = make_app(settings, db)
+    runner = CliRunner()
+    with serving(app) as url:
+        applied = runner.invoke(cli, [
+            "voucher", "apply", "--url", url, "--key", lab, "--provider", "Taihang Compute",
+            "--contract", "HT-9", "--amount", "300000.00", "--starts", "2026-01-01",
+            "--ends", "2026-12-31", "--evidence", str(contract)])
+        assert applied.exit_code == 0, applied.output
+        number = int(applied.output.split()[-1])
+        stored = conn.execute("SELECT evidence FROM voucher_applications WHERE id = %s",
+                              (number,)).fetchone()[0]
+        assert stored == [{"name": contract.name,
+                           "sha256": hashlib.sha256(contract.read_bytes()).hexdigest()}]
+        reviewed = runner.invoke(cli, ["voucher", "review", "--url", url, "--key", maker,
+                                       str(number)])
+        assert reviewed.exit_code == 0 and "another bureau key" in reviewed.output
+        same = runner.invoke(cli, ["voucher", "approve", "--url", url, "--key", maker,
+                                   str(number)])
+        assert same.exit_code == 2
+        voucher = issuing.approve(conn, world.checker, number, on=date(2026, 3, 1)).voucher_id
+        world.run("lab-a", "ty-1", voucher, hours=1)
+        drawing.draw_pending(conn)
+        shown = runner.invoke(cli, ["voucher", "show", "--url", url, "--key", lab,
+                                    str(voucher)])
+        assert shown.exit_code == 0, shown.output
+        # 300,000.00 × 20% = 60,000.00; 4 H100 × 1 h × 8.00 = 32.00, 20% of it = 6.40
+        assert "60000.00 issued, 6.40 drawn, 59993.60 left" in shown.output
+        listed = runner.invoke(cli, ["voucher", "list", "--url", url, "--key", lab])
+        assert listed.exit_code == 0 and "Taihang" in listed.output and "清源" in listed.output

@@ -15,6 +15,7 @@ from jinsuan.cli.ledger import ledger_app
 from jinsuan.cli.report import report
 from jinsuan.cli.rewards import rewards_app
 from jinsuan.cli.server import demo, serve
+from jinsuan.cli.voucher import voucher_app
 
 app = typer.Typer(
     name="jinsuan",
@@ -31,6 +32,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(job_app, name="job")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(rewards_app, name="rewards")
+app.add_typer(voucher_app, name="voucher")
 
 
 def main() -> None:
