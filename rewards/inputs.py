@@ -1,7 +1,8 @@
 """What an assessment is computed from, frozen: the store's rows copied into plain values.
 
-The calculations (:mod:`rewards.access`, :mod:`rewards.pue`) are pure functions of these and a
-policy; :mod:`rewards.store` reads them from the database and keeps an exact copy with each
+The calculations (:mod:`rewards.access`, :mod:`rewards.pue` and the others named in
+:data:`rewards.store.CALCULATIONS`) are pure functions of these and a policy;
+:mod:`rewards.store` reads them from the database and keeps an exact copy with each
 assessment, with their digest, so that the assessment can be re-computed and explained later
 whatever has changed in the store since.
 """
@@ -87,6 +88,30 @@ class OtherSupport:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalsServed:
+    """A site's largest ``site_terminals_served`` reading inside the year's window (the gauge
+    counts the distinct terminals served since 1 January, Asia/Shanghai)."""
+
+    site_id: int
+    terminals: int
+    at: datetime  # when the largest reading was taken (UTC)
+    readings: int  # readings inside the window
+
+
+@dataclass(frozen=True, slots=True)
+class SiteAccelerators:
+    """A site's accelerators, domestic or not, in its inventory at the window's end."""
+
+    site_id: int
+    domestic: bool
+    count: int
+    fp16_tflops: Decimal  # Σ dense FP16 peaks from a datasheet
+    fp16_tflops_estimated: Decimal  # Σ estimated peaks (a model without a datasheet figure)
+    without_peak: int  # accelerators with no FP16 figure at all
+    as_of: datetime  # the inventory write the snapshot is (UTC)
+
+
+@dataclass(frozen=True, slots=True)
 class Inputs:
     year: int
     sites: tuple[Site, ...]
@@ -94,6 +119,8 @@ class Inputs:
     declarations: tuple[Declaration, ...] = ()
     prior_awards: tuple[PriorAward, ...] = ()
     other_support: tuple[OtherSupport, ...] = ()
+    terminals: tuple[TerminalsServed, ...] = ()
+    accelerators: tuple[SiteAccelerators, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -126,6 +153,13 @@ class Inputs:
             other_support=tuple(OtherSupport(**{**o, "amount": Decimal(o["amount"]),
                                                 "granted_on": date.fromisoformat(o["granted_on"])})
                                 for o in data["other_support"]),
+            terminals=tuple(TerminalsServed(**{**t, "at": datetime.fromisoformat(t["at"])})
+                            for t in data["terminals"]),
+            accelerators=tuple(SiteAccelerators(**{
+                **a, "fp16_tflops": Decimal(a["fp16_tflops"]),
+                "fp16_tflops_estimated": Decimal(a["fp16_tflops_estimated"]),
+                "as_of": datetime.fromisoformat(a["as_of"])})
+                for a in data["accelerators"]),
         )
 
 

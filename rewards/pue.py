@@ -25,20 +25,16 @@ from decimal import Decimal
 
 from jinsuan.contract.money import to_fen
 from jinsuan.contract.policytime import days_bounds, hours_in
-from rewards.caps import cap_room, double_support
-from rewards.inputs import (
-    ASSUMPTION,
-    COUNTED_STATES,
-    DECLARED,
-    MEASURED,
-    POLICY,
-    Award,
-    Declaration,
-    Figure,
-    Inputs,
-    Site,
-    SiteHour,
+from rewards.caps import double_support
+from rewards.centres import (
+    CapRooms,
+    centres,
+    most_racks,
+    new_centre,
+    paid_before,
+    window_rows,
 )
+from rewards.inputs import MEASURED, Award, Figure, Inputs, Site, SiteHour
 from rewards.policy import Parameter, Policy
 
 MEASURE = "4"
@@ -51,38 +47,26 @@ def assess_pue(inputs: Inputs, policy: Policy) -> list[Award]:
     window = policy.window(inputs.year)
     if window is None:
         return []
-    measure = policy.measures[MEASURE]
+    params = policy.measures[MEASURE].parameters
     start, end = days_bounds(*window)
-    window_hours = hours_in(start, end)
-    centres: dict[tuple[str, str], list[Site]] = defaultdict(list)
-    for site in inputs.sites:
-        centres[(site.enterprise, site.data_centre)].append(site)
-    rows: dict[int, list[SiteHour]] = defaultdict(list)
-    for row in inputs.hours:
-        if start <= row.hour < end:
-            rows[row.site_id].append(row)
-
-    params = measure.parameters
+    rows = window_rows(inputs, start, end)
     assumptions = tuple(sorted(p.name for p in params.values() if p.assumption))
-    room_left: dict[str, Decimal] = {}
+    rooms = CapRooms(inputs, MEASURE, params["cap"])
     awards = []
-    for (enterprise, centre), sites in sorted(centres.items()):
-        figures, reasons, eligible = _centre(inputs, window, window_hours, enterprise, centre,
-                                             sites, rows, params)
-        racks = int(next(f.value for f in figures if f.name == "racks"))
-        if enterprise not in room_left:
-            room_left[enterprise], cap_detail = cap_room(inputs, MEASURE, enterprise, centre,
-                                                         params["cap"])
-            figures.append(Figure("cap left", f"{room_left[enterprise]}",
-                                  _source(params["cap"]), cap_detail))
+    for (enterprise, centre), sites in centres(inputs).items():
+        figures, reasons = _centre(inputs, window, hours_in(start, end), enterprise, centre,
+                                   sites, rows, params)
+        racks = most_racks(sites, rows)
+        room, cap_figure = rooms.left(enterprise, centre)
+        figures.append(cap_figure)
         refusal = double_support(inputs, MEASURE, enterprise)
         amount = Decimal("0.00")
-        if eligible and refusal:
+        if not reasons and refusal:
             reasons.append(refusal)
-        elif eligible:
+        elif not reasons:
             raw = racks * params["per_rack"].value  # type: ignore[operator]
-            amount = to_fen(min(raw, room_left[enterprise]))
-            room_left[enterprise] -= amount
+            amount = to_fen(min(raw, room))
+            rooms.take(enterprise, centre, amount)
             figures.append(Figure("before the cap", f"{raw}", MEASURED,
                                   f"{racks} racks × {params['per_rack'].value} yuan"))
             reasons.append("capped: the enterprise's cap is reached" if amount < raw
@@ -94,22 +78,19 @@ def assess_pue(inputs: Inputs, policy: Policy) -> list[Award]:
 
 def _centre(inputs: Inputs, window: tuple[date, date], window_hours: int, enterprise: str,
             centre: str, sites: list[Site], rows: dict[int, list[SiteHour]],
-            params: dict[str, Parameter]) -> tuple[list[Figure], list[str], bool]:
-    """The figures of one centre, why it is or is not eligible, and whether it is."""
+            params: dict[str, Parameter]) -> tuple[list[Figure], list[str]]:
+    """The figures of one centre, and why it is not eligible (nothing when it is)."""
     full = params["full_coverage_hour"].value
     facility = it = Decimal(0)
     paired = 0
     complete: dict = defaultdict(int)  # hour -> sites fully metered in it
-    racks_by_hour: dict = defaultdict(int)
     figures: list[Figure] = []
-    for site in sorted(sites, key=lambda s: s.name):
+    for site in sites:
         site_rows = rows.get(site.id, [])
         site_paired = [r for r in site_rows if r.it_kwh is not None and r.facility_kwh is not None]
         site_full = [r for r in site_paired if min(r.coverage_it, r.coverage_facility) >= full]
         for r in site_full:
             complete[r.hour] += 1
-        for r in site_rows:
-            racks_by_hour[r.hour] += r.racks
         flagged = sum(1 for r in site_rows if r.quality)
         facility += sum((r.facility_kwh for r in site_paired), Decimal(0))  # type: ignore[misc]
         it += sum((r.it_kwh for r in site_paired), Decimal(0))  # type: ignore[misc]
@@ -121,7 +102,6 @@ def _centre(inputs: Inputs, window: tuple[date, date], window_hours: int, enterp
     metered = sum(1 for n in complete.values() if n == len(sites))
     share = Decimal(metered) / window_hours
     annual = (facility / it).quantize(Decimal("0.0001")) if it > 0 else None
-    racks = max(racks_by_hour.values(), default=0)
     figures += [
         Figure("facility kWh", f"{facility}", MEASURED, f"over {paired} paired site-hours"),
         Figure("IT kWh", f"{it}", MEASURED, f"over {paired} paired site-hours"),
@@ -129,22 +109,13 @@ def _centre(inputs: Inputs, window: tuple[date, date], window_hours: int, enterp
                "facility kWh ÷ IT kWh, to 4 decimals"),
         Figure("metered share", f"{share:.4f}", MEASURED,
                f"{metered} of {window_hours} hours fully metered at every site of the centre"),
-        Figure("racks", f"{racks}", MEASURED, "the most racks reported together in one hour"),
+        Figure("racks", f"{most_racks(sites, rows)}", MEASURED,
+               "the most racks reported together in one hour"),
     ]
-    reasons: list[str] = []
-    declared = _commissioning(inputs, enterprise, centre)
-    new_since = params["new_since"].value
-    if declared is None:
-        reasons.append("not eligible: no accepted commissioning or retrofit declaration")
-    else:
-        day = date.fromisoformat(declared.value["date"])
-        what = "retrofitted" if declared.value.get("retrofit") else "commissioned"
-        figures.append(Figure(f"{what} on", f"{day}", DECLARED,
-                              f"declaration {declared.id}, evidence "
-                              + ", ".join(f"{n} ({h[:12]}…)" for n, h in declared.evidence)))
-        if not new_since <= day <= window[1]:  # type: ignore[operator]
-            reasons.append(f"not eligible: {what} on {day}, not between {new_since} (assumed"
-                           f" start of 'new or retrofitted') and {window[1]}")
+    commissioning, reasons = new_centre(inputs, enterprise, centre,
+                                        params["new_since"].value,  # type: ignore[arg-type]
+                                        window[1], retrofit_counts=True)
+    figures += commissioning
     minimum = params["min_metered_share"].value
     if share < minimum:  # type: ignore[operator]
         reasons.append(f"not eligible: only {share:.4f} of the hours fully metered, below"
@@ -156,19 +127,7 @@ def _centre(inputs: Inputs, window: tuple[date, date], window_hours: int, enterp
         near = annual < threshold + NEAR_MISS  # type: ignore[operator]
         reasons.append(f"{'near miss' if near else 'not eligible'}: annual PUE {annual} is not"
                        f" below {threshold}")
-    paid = [a for a in inputs.prior_awards if a.measure == MEASURE and a.enterprise == enterprise
-            and a.data_centre == centre and a.year != inputs.year and a.state in COUNTED_STATES]
+    paid = paid_before(inputs, MEASURE, enterprise, centre)
     if paid:
-        reasons.append(f"not eligible: already awarded for {paid[0].year} (award {paid[0].id},"
-                       f" {paid[0].state}); measure 4 pays a centre once")
-    return figures, reasons, not reasons
-
-
-def _commissioning(inputs: Inputs, enterprise: str, centre: str) -> Declaration | None:
-    found = [d for d in inputs.declarations if d.kind == "commissioning"
-             and d.enterprise == enterprise and d.data_centre == centre]
-    return max(found, key=lambda d: d.id) if found else None
-
-
-def _source(parameter: Parameter) -> str:
-    return ASSUMPTION if parameter.assumption else POLICY
+        reasons.append(paid)
+    return figures, reasons

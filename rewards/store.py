@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +24,9 @@ import psycopg
 from jinsuan.contract.policytime import days_bounds
 from jinsuan.kernel.errors import Invalid, NotFound
 from rewards.access import assess_access
+from rewards.cloud import assess_cloud
+from rewards.domestic import assess_domestic
+from rewards.edge import assess_edge
 from rewards.inputs import (
     COUNTED_STATES,
     Award,
@@ -31,17 +35,32 @@ from rewards.inputs import (
     OtherSupport,
     PriorAward,
     Site,
+    SiteAccelerators,
     SiteHour,
+    TerminalsServed,
     number,
 )
 from rewards.policy import POLICIES, Policy, PolicyError, in_force
 from rewards.pue import assess_pue
+from rewards.scale import assess_scale
 
 CALCULATIONS: dict[str, Callable[[Inputs, Policy], list[Award]]] = {
     "5b": assess_access,
     "4": assess_pue,
+    "1": assess_scale,
+    "2": assess_cloud,
+    "3": assess_edge,
+    "6": assess_domestic,
 }
-"""The measures assessed from the platform's own measurements."""
+"""The measures assessed from the platform's own measurements (with accepted declarations)."""
+
+TERMINALS = "site_terminals_served"
+"""The gauge of distinct terminals a site served since 1 January (jinsuan.contract.metrics)."""
+
+INVENTORY_SLACK = timedelta(hours=1)
+"""How long before a site's last inventory write an accelerator may have been last seen and
+still be in that inventory: an agent rewrites an unchanged inventory every ten minutes
+(collectors.writer.INVENTORY_REFRESH), so several agents of one site differ by less."""
 
 
 def code_version() -> str:
@@ -63,7 +82,13 @@ def policy_for(year: int, directory: Path = POLICIES) -> Policy:
 def read_inputs(conn: psycopg.Connection, year: int, policy: Policy) -> Inputs:
     """Everything the measures read for ``year``, in one consistent snapshot: the in-province
     sites, their hourly rollups inside the policy's window, accepted declarations, awards of
-    other years already approved or paid, and the other-support register."""
+    other years already approved or paid, the other-support register, each site's largest
+    terminals-served reading inside the window, and its accelerators at the window's end.
+
+    A site's inventory at the window's end is the one it last wrote before the end (or, when it
+    kept reporting after the end, at the end): the accelerators first seen before the end and
+    last seen no more than :data:`INVENTORY_SLACK` before that moment. A site whose last write
+    before the end lies before the window's start has no inventory in the window."""
     window = policy.window(year)
     if window is None:
         raise Invalid(f"{year} is outside the policy's dates ({policy.effective_from} .."
@@ -104,7 +129,27 @@ def read_inputs(conn: psycopg.Connection, year: int, policy: Policy) -> Inputs:
             "SELECT o.id, e.name, o.measure, o.fund, o.amount, o.granted_on"
             " FROM reward_other_support o JOIN enterprises e ON e.id = o.enterprise_id"
             " ORDER BY o.id"))
-    return Inputs(year, sites, hours, declarations, prior, support)
+        terminals = tuple(TerminalsServed(*r) for r in conn.execute(
+            "SELECT se.site_id, floor(max(sa.value))::bigint,"
+            " (array_agg(sa.ts ORDER BY sa.value DESC, sa.ts))[1], count(*)"
+            " FROM series se JOIN samples sa ON sa.series_id = se.id"
+            " JOIN sites s ON s.id = se.site_id"
+            " WHERE s.in_province AND se.metric = %s AND sa.ts >= %s AND sa.ts < %s"
+            " GROUP BY se.site_id ORDER BY se.site_id", (TERMINALS, start, end)))
+        accelerators = tuple(SiteAccelerators(*r) for r in conn.execute(
+            "WITH written AS (SELECT site_id, least(max(last_seen), %(end)s) AS as_of"
+            "   FROM accelerators WHERE first_seen < %(end)s GROUP BY site_id)"
+            " SELECT a.site_id, a.domestic, count(*),"
+            " coalesce(sum(a.fp16_tflops::numeric) FILTER (WHERE NOT a.fp16_estimated), 0),"
+            " coalesce(sum(a.fp16_tflops::numeric) FILTER (WHERE a.fp16_estimated), 0),"
+            " count(*) FILTER (WHERE a.fp16_tflops IS NULL), w.as_of"
+            " FROM accelerators a JOIN written w ON w.site_id = a.site_id"
+            " JOIN sites s ON s.id = a.site_id"
+            " WHERE s.in_province AND a.first_seen < %(end)s AND w.as_of >= %(start)s"
+            " AND a.last_seen >= w.as_of - %(slack)s"
+            " GROUP BY a.site_id, a.domestic, w.as_of ORDER BY a.site_id, a.domestic",
+            {"start": start, "end": end, "slack": INVENTORY_SLACK}))
+    return Inputs(year, sites, hours, declarations, prior, support, terminals, accelerators)
 
 
 @dataclass(frozen=True, slots=True)
