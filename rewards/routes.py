@@ -1,5 +1,5 @@
 """``/v1/rewards/...``: declarations, the other-support register, assessments, awards and their
-approval, and explanations.
+approval, explanations, and the year's awards as CSV, XLSX and a PDF summary.
 
 Who may do what: an operator declares facts for its own enterprise and reads its own awards and
 their explanations; the bureau reviews declarations, keeps the register, runs assessments and
@@ -10,18 +10,18 @@ missing.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
 from jinsuan.kernel.errors import NotFound
 from jinsuan.kernel.sites import enterprise_id, visible_enterprise
-from rewards import approval, declarations
+from rewards import approval, declarations, exports
 from rewards.explain import explain
 from rewards.store import CALCULATIONS, assess
 
@@ -176,7 +176,46 @@ def router() -> APIRouter:
         return explain(conn, enterprise=enterprise, measure=measure, year=year,
                        assessment_id=assessment, with_hours=hours)
 
+    def year_awards(conn: Any, principal: Principal, year: int) -> exports.YearAwards:
+        """The rows of :func:`awards` (who sees which award is decided there) with their
+        figures and the year's assessments."""
+        return exports.year_awards(conn, year, awards(conn, principal, year),
+                                   enterprise_id=visible_enterprise(principal))
+
+    @api.get("/awards.csv", response_class=Response,
+             responses={200: {"content": {exports.CSV_TYPE: {}}}})
+    def awards_csv(conn: ConnDep, principal: Readers, year: Year) -> Response:
+        """The awards of ``year`` as CSV (UTF-8 with a BOM, for Excel); an operator gets its
+        own enterprise's only."""
+        return _file(exports.awards_csv(year_awards(conn, principal, year)), exports.CSV_TYPE,
+                     f"jinsuan-rewards-{year}-awards.csv")
+
+    @api.get("/awards.xlsx", response_class=Response,
+             responses={200: {"content": {exports.XLSX_TYPE: {}}}})
+    def awards_xlsx(conn: ConnDep, principal: Readers, year: Year) -> Response:
+        """The awards of ``year`` as an XLSX workbook, with the assessments, the policy
+        parameters and the figures behind each amount; an operator gets its own only."""
+        return _file(exports.awards_xlsx(year_awards(conn, principal, year)),
+                     exports.XLSX_TYPE, f"jinsuan-rewards-{year}-awards.xlsx")
+
+    @api.get("/report.pdf", response_class=Response,
+             responses={200: {"content": {exports.PDF_TYPE: {}}}})
+    def report(conn: ConnDep, principal: Readers, year: Year) -> Response:
+        """The year's summary as PDF: a page per measure with a chart and a table of awards,
+        and the assumptions they rest on. An operator's copy is restricted to its enterprise
+        and says so on its title page."""
+        from rewards.report import report_pdf  # here: the platform starts without matplotlib
+
+        pdf = report_pdf(year_awards(conn, principal, year), generated=datetime.now(UTC))
+        return _file(pdf, exports.PDF_TYPE, f"jinsuan-rewards-{year}-report.pdf")
+
     return api
+
+
+def _file(content: bytes, media_type: str, filename: str) -> Response:
+    """A download: ``filename`` is plain ASCII, so it needs no RFC 5987 encoding."""
+    return Response(content, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def enterprise_id_or_none(conn: Any, name: str) -> int | None:

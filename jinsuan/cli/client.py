@@ -4,10 +4,13 @@ from ``--url`` or ``JINSUAN_URL``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    import httpx
 
 console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
@@ -22,6 +25,16 @@ def fail(message: str) -> typer.Exit:
 
 def call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer of ``method path``; an error answer ends the command with its reason."""
+    return _answer(method, url, key, path, **kwargs).json()
+
+
+def call_bytes(method: str, url: str, key: str, path: str, **kwargs: Any) -> bytes:
+    """The answer of ``method path`` as it came (a CSV, XLSX or PDF file); an error answer ends
+    the command with its reason, as :func:`call` does."""
+    return _answer(method, url, key, path, **kwargs).content
+
+
+def _answer(method: str, url: str, key: str, path: str, **kwargs: Any) -> httpx.Response:
     import httpx  # here, not at the top: `jinsuan agent run` should not load it via this module
 
     try:
@@ -38,4 +51,4 @@ def call(method: str, url: str, key: str, path: str, **kwargs: Any) -> Any:
         except (ValueError, KeyError, TypeError):
             message = reply.text[:500]
         raise fail(f"{reply.status_code}: {message}")
-    return reply.json()
+    return reply

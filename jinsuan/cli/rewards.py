@@ -4,14 +4,17 @@ API, with the caller's key (a bureau key assesses and moves awards; an operator'
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from jinsuan.cli.client import Key, Url, call, console
+from jinsuan.cli.client import Key, Url, call, call_bytes, console
 
-rewards_app = typer.Typer(help="Rewards: assess a year, list awards, explain, approve, pay.",
+rewards_app = typer.Typer(help="Rewards: assess a year, list awards, explain, approve, pay,"
+                          " export.",
                           no_args_is_help=True)
 
 Year = Annotated[int, typer.Option(help="The Asia/Shanghai policy year.")]
@@ -125,3 +128,26 @@ def pay(url: Url, key: Key, award: Annotated[int, typer.Argument()],
         reference: Annotated[str, typer.Option(help="The payment's reference.")]) -> None:
     """Record that an approved award was paid."""
     _step("pay", url, key, award, reference=reference)
+
+
+class Format(StrEnum):
+    CSV = "csv"
+    XLSX = "xlsx"
+    PDF = "pdf"
+
+
+EXPORTS = {Format.CSV: "/v1/rewards/awards.csv", Format.XLSX: "/v1/rewards/awards.xlsx",
+           Format.PDF: "/v1/rewards/report.pdf"}
+
+
+@rewards_app.command("export")
+def export(url: Url, key: Key, year: Year,
+           kind: Annotated[Format, typer.Option("--format", help="csv or xlsx: the awards;"
+                                                " pdf: the year's summary.")],
+           out: Annotated[Path, typer.Option("--out", help="The file to write.", dir_okay=False,
+                                             writable=True)]) -> None:
+    """Write the awards of a year as CSV or XLSX, or the year's PDF summary; an operator's key
+    gets its own enterprise's only."""
+    content = call_bytes("GET", url, key, EXPORTS[kind], params={"year": year})
+    out.write_bytes(content)
+    console.print(f"wrote {out}: {kind.value}, {len(content):,} bytes")
