@@ -567,6 +567,11 @@ def check_columns(where: str, panel: Mapping[str, Any], target: Mapping[str, Any
                 f"{where}: nothing matches {pattern}"
 
 
+FILLED_ELSEWHERE = {"jinsuan-rewards": "tests/test_dashboard_rewards.py"}
+"""Dashboards that read what the simulated store never makes (no rewards are assessed there):
+their queries run here, and the test named checks their columns against the rows it makes."""
+
+
 def test_every_sql_panel_returns_the_columns_it_draws(
     simulated: tuple[str, SimulatedFleet], as_grafana: psycopg.Connection,
 ) -> None:
@@ -590,8 +595,9 @@ def test_every_sql_panel_returns_the_columns_it_draws(
                         rows = grafana.rows(as_grafana, sql)
                     except psycopg.Error as exc:
                         pytest.fail(f"{where}: {exc}")
-                    check_columns(where, panel, target, rows)
-                    checked += 1
+                    if uid not in FILLED_ELSEWHERE:
+                        check_columns(where, panel, target, rows)
+                        checked += 1
     assert checked >= 60
 
 

@@ -43,3 +43,12 @@ GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_a
     ON runs TO jinsuan_grafana;
 GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state
     TO jinsuan_grafana;
+
+-- The rewards dashboard: assessments (which is the latest, when and under which policy) and
+-- their awards; not the frozen inputs or the policy text kept with each assessment, nor who
+-- assessed, proposed or approved (API key ids), nor payment references.
+GRANT SELECT (id, year, measure, policy_id, policy_version, created_at)
+    ON reward_assessments TO jinsuan_grafana;
+GRANT SELECT (id, assessment_id, measure, year, enterprise_id, data_centre, amount, eligible,
+              detail, state)
+    ON reward_awards TO jinsuan_grafana;
