@@ -9,13 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import psycopg
 import pytest
 from servers import free_port
 
+from jinsuan.contract.policytime import SHANGHAI
 from jinsuan.demo.run import SITES, run_demo
 from jinsuan.kernel.store import embedded
 
@@ -71,6 +73,25 @@ def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
             rolled = conn.execute("SELECT count(DISTINCT site_id) FROM rollup_site_hourly"
                                   " WHERE pue IS NOT NULL").fetchone()[0]
             assert rolled == len(SITES)
+
+            # The voucher story: llm-lab's short eval jobs run at Jinneng's H800s and draw
+            # on its voucher as they end (while the policy is in force: it issues nothing after
+            # 2026-12-31, and the demo then says so).
+            if datetime.now(SHANGHAI).date() <= date(2026, 12, 31):
+                def a_voucher_draw() -> bool:
+                    row = conn.execute("SELECT count(*) FROM voucher_draws WHERE amount > 0"
+                                       ).fetchone()
+                    return row[0] > 0
+
+                _wait_for("a job's usage to draw on the demo voucher", a_voucher_draw)
+                face, balance = conn.execute(
+                    "SELECT v.face_value, sum(l.amount) FILTER (WHERE l.to_account = 'voucher:'"
+                    " || v.id) - coalesce(sum(l.amount) FILTER (WHERE l.from_account ="
+                    " 'voucher:' || v.id), 0) FROM vouchers v, ledger_entries l"
+                    " GROUP BY v.id").fetchone()
+                assert face == Decimal("400000.00") and balance < face
+            else:
+                assert conn.execute("SELECT count(*) FROM vouchers").fetchone()[0] == 0
     finally:
         stop.set()
         thread.join(timeout=120)

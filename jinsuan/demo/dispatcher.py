@@ -29,12 +29,16 @@ class JobKind:
     domestic_only: bool = False
     max_price: Decimal | None = None
     weight: float = 1.0
+    voucher: bool = False  # the tenant's jobs carry its voucher, where it has one
 
 
 MIX: tuple[JobKind, ...] = (
     JobKind("taiyuan-univ", "inference", 1, 1, (20, 90), max_price=Decimal("12.00"), weight=5),
     JobKind("llm-lab", "finetune", 1, 4, (60, 180),
-            models=("NVIDIA H800", "NVIDIA A800-SXM4-80GB", "NVIDIA H20"), weight=2),
+            models=("NVIDIA H800", "NVIDIA A800-SXM4-80GB", "NVIDIA H20"), weight=2,
+            voucher=True),
+    JobKind("llm-lab", "eval", 1, 1, (5, 15), models=("NVIDIA H800",), weight=2,
+            voucher=True),
     JobKind("gov-cloud", "training", 2, 8, (120, 300), domestic_only=True, weight=1),
 )
 
@@ -43,9 +47,10 @@ class SimulatedDispatcher:
     """Submits one job every ``every_s`` seconds until stopped."""
 
     def __init__(self, base_url: str, keys: dict[str, str], *, every_s: float = 4.0,
-                 seed: int = 2024) -> None:
+                 seed: int = 2024, vouchers: dict[str, int] | None = None) -> None:
         self.base_url = base_url
         self.keys = keys
+        self.vouchers = vouchers or {}
         self.every_s = every_s
         self.random = random.Random(seed)
         self.submitted = 0
@@ -83,6 +88,8 @@ class SimulatedDispatcher:
             "retries": 1,
             "payload": {"command": ["sleep", str(runtime)]},
         }
+        if kind.voucher and kind.tenant in self.vouchers:
+            spec["voucher"] = self.vouchers[kind.tenant]
         try:
             response = client.post("/v1/jobs", json=spec,
                                    headers={"Authorization": f"Bearer {self.keys[kind.tenant]}"})

@@ -28,6 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 from jinsuan.contract.money import to_fen
+from jinsuan.contract.policytime import SHANGHAI
+from jinsuan.demo import vouchers as voucher_story
 from jinsuan.demo.dispatcher import MIX, SimulatedDispatcher
 from jinsuan.kernel.auth import Role, authenticate, create_key
 from jinsuan.kernel.errors import NotFound
@@ -180,6 +182,18 @@ def _demo_key(conn: psycopg.Connection, demo_dir: Path, name: str, role: Role,
     return key
 
 
+def _voucher_story(conn: psycopg.Connection, demo_dir: Path, bureau_key: str,
+                   dispatcher_keys: dict[str, str]) -> tuple[int | None, str]:
+    """The llm-lab's voucher: recommended with the demo's bureau key, approved with a second
+    one (maker-checker), issued today."""
+    checker_key = _demo_key(conn, demo_dir, "bureau-checker", Role.BUREAU)
+    maker, checker, dispatcher = (authenticate(conn, k) for k in (
+        bureau_key, checker_key, dispatcher_keys[voucher_story.TENANT]))
+    assert maker and checker and dispatcher
+    return voucher_story.ensure_voucher(conn, maker, checker, dispatcher,
+                                        datetime.now(SHANGHAI).date())
+
+
 def _ensure_site(conn: psycopg.Connection, site: DemoSite) -> int:
     try:
         return site_by_name(conn, site.name).id
@@ -312,11 +326,14 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
                 config_path.write_text(_agent_toml(site, seed, base, state_dir, interval))
                 _ensure_enrolled(conn, site_id, state_dir, base)
                 configs.append(load_config(config_path))
+            voucher, voucher_line = _voucher_story(conn, demo_dir, bureau_key, dispatcher_keys)
         if history_days > 0:
             _send_history(db, settings, client, ensured, history_days)
         for config in configs:
             stack.enter_context(running_agent(config))
-        dispatcher = SimulatedDispatcher(base, dispatcher_keys, every_s=jobs_every)
+        dispatcher = SimulatedDispatcher(
+            base, dispatcher_keys, every_s=jobs_every,
+            vouchers={voucher_story.TENANT: voucher} if voucher else None)
         dispatcher.start()
         stack.callback(dispatcher.stop)
 
@@ -325,6 +342,9 @@ def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
             ("API docs    ", "bold"), f"{base}/docs", "\n",
             ("jobs        ", "bold"), f"a simulated dispatcher submits one every {jobs_every:g} s; "
             f"try jinsuan job list --url {base} --key $(cat {demo_dir}/keys/dispatcher-llm-lab)\n",
+            ("voucher     ", "bold"), f"{voucher_line}; {voucher_story.TENANT}'s jobs draw on it"
+            f" as they end: jinsuan voucher show {voucher} --url {base} --key $(cat"
+            f" {demo_dir}/keys/dispatcher-llm-lab)\n" if voucher else voucher_line + "\n",
             ("metrics     ", "bold"), f"{base}/metrics", "\n",
             ("bureau key  ", "bold"), bureau_key, "\n",
             ("data        ", "bold"), str(settings.data_dir), "  (kept for the next run)\n",
