@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from jinsuan import __version__
+from jinsuan.kernel import audit
+from jinsuan.kernel.audit import AuditLog, AuditWriter
 from jinsuan.kernel.auth import KeyCache
 from jinsuan.kernel.errors import (
     Conflict,
@@ -81,6 +83,7 @@ def create_app(platform: Platform) -> FastAPI:
             placement.shutdown(wait=True)  # also ends the lease wake-up listener, if started
             if jobs is not None:
                 jobs.shutdown(wait=True)
+            app.state.audit.close()
 
     app = FastAPI(
         title="jinsuan 晋算",
@@ -90,6 +93,8 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.add_middleware(BodyLimit, limit=platform.settings.max_request_bytes)
+    app.state.audit = AuditWriter(platform.db.url)
+    app.add_middleware(AuditLog, writer=app.state.audit)  # outermost: sees every answer
     app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.kernel.auth.KEY_CACHE_TTL_S
     # Requests share the pool but for the connections kept for the placement cycle.
     settings = platform.settings
@@ -121,6 +126,7 @@ def create_app(platform: Platform) -> FastAPI:
     # The scheduler's first: FastAPI tries routes in order, and submits and lease requests are
     # the busiest (no two routes share a path, so the order changes nothing else).
     money = [rewards_routes.router(), voucher_routes.router(), ledger_routes.router()]
+    app.include_router(audit.router())
     for router in [*scheduler_routers(platform), *collector_routers(platform), *money]:
         app.include_router(router)
     return app

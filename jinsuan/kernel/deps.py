@@ -67,6 +67,7 @@ def allow(*roles: Role) -> Any:
             principal = await _authenticate(request, keys, credentials.credentials)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
+        request.state.principal = principal  # for the audit log (jinsuan.kernel.audit)
         if principal.role not in roles:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"role {principal.role.value!r} may not call this; allowed: {allowed}")
