@@ -10,11 +10,13 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jinsuan import __version__
 from jinsuan.kernel import audit
 from jinsuan.kernel.audit import AuditLog, AuditWriter
 from jinsuan.kernel.auth import KeyCache
+from jinsuan.kernel.deps import check_key_first
 from jinsuan.kernel.errors import (
     Conflict,
     Forbidden,
@@ -119,9 +121,28 @@ def create_app(platform: Platform) -> FastAPI:
         return error_response(422, "invalid", f"a value cannot be stored: {reason}")
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            await check_key_first(request)
+        except JinsuanError as refused:
+            return await domain_error(request, refused)
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return error_response(422, "invalid", f"the body is not valid JSON:"
+                                  f" {first['ctx']['error']} at character {first['loc'][-1]}",
+                                  "body")
         return error_response(422, "invalid", first["msg"], _loc(tuple(first["loc"])))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """The framework's own refusals (no such path, a method the path does not take) in the
+        platform's error body, like every other error."""
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        response = error_response(exc.status_code, codes.get(exc.status_code, "error"),
+                                  str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     # The scheduler's first: FastAPI tries routes in order, and submits and lease requests are
     # the busiest (no two routes share a path, so the order changes nothing else).

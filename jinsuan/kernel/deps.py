@@ -59,22 +59,51 @@ def allow(*roles: Role) -> Any:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        if credentials is None:
-            raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
-        keys: KeyCache = request.app.state.key_cache
-        principal = keys.get(credentials.credentials)
-        if principal is None:
-            principal = await _authenticate(request, keys, credentials.credentials)
-        if principal is None:
-            raise Unauthenticated("unknown or revoked API key")
-        request.state.principal = principal  # for the audit log (jinsuan.kernel.audit)
-        if principal.role not in roles:
-            allowed = ", ".join(r.value for r in roles)
-            raise Forbidden(f"role {principal.role.value!r} may not call this; allowed: {allowed}")
-        return principal
+        return await admitted(request, credentials, roles)
 
     check.allowed_roles = roles  # type: ignore[attr-defined]  # read by the access test
     return Depends(check)
+
+
+async def admitted(request: Request, credentials: HTTPAuthorizationCredentials | None,
+                   roles: tuple[Role, ...]) -> Principal:
+    """The caller's principal when its key is valid and its role one of ``roles``; otherwise
+    :class:`Unauthenticated` or :class:`Forbidden`."""
+    if credentials is None:
+        raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+    keys: KeyCache = request.app.state.key_cache
+    principal = keys.get(credentials.credentials)
+    if principal is None:
+        principal = await _authenticate(request, keys, credentials.credentials)
+    if principal is None:
+        raise Unauthenticated("unknown or revoked API key")
+    request.state.principal = principal  # for the audit log (jinsuan.kernel.audit)
+    if principal.role not in roles:
+        allowed = ", ".join(r.value for r in roles)
+        raise Forbidden(f"role {principal.role.value!r} may not call this; allowed: {allowed}")
+    return principal
+
+
+async def check_key_first(request: Request) -> None:
+    """Admit the caller of the matched route as :func:`allow` would, raising its error: called
+    when the request's body failed to parse, so that a caller without a valid key learns
+    nothing about the body (FastAPI parses the body before it runs dependencies)."""
+    route = request.scope.get("route")
+    roles = _declared_roles(route.dependant) if route is not None and hasattr(
+        route, "dependant") else None
+    if roles is not None:
+        await admitted(request, await _bearer(request), roles)
+
+
+def _declared_roles(dependant: Any) -> tuple[Role, ...] | None:
+    for sub in dependant.dependencies:
+        roles = getattr(sub.call, "allowed_roles", None)
+        if roles is not None:
+            return roles
+        found = _declared_roles(sub)
+        if found is not None:
+            return found
+    return None
 
 
 async def _authenticate(request: Request, keys: KeyCache, presented: str) -> Principal | None:
