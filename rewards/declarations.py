@@ -12,7 +12,9 @@ What each kind holds, and which measure reads it:
 - ``loan`` (1): a project loan of the centre, ``amount`` yuan, annual ``rate``, ``start``
   date, ``months``; per data centre, one declaration a loan.
 - ``cloud_revenue_share`` (2), ``domestic_share_other`` (6): a ``share`` between 0 and 1.
-- ``out_of_province_contracts`` (10): ``amount`` yuan of contracts in the ``year``.
+- ``out_of_province_contracts`` (10): ``amount`` yuan of contracts in the ``year``, and
+  ``excludes_rack_leasing``, which must be true: the declarant states that the amount counts
+  no rack leasing (不含机架租赁).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -60,6 +62,7 @@ class Share(_Value):
 class Contracts(_Value):
     amount: Decimal = _FEN
     year: int = Field(ge=2024, le=2100)
+    excludes_rack_leasing: Literal[True]
 
 
 KINDS: dict[str, tuple[type[_Value], bool]] = {

@@ -112,6 +112,17 @@ class SiteAccelerators:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundUsage:
+    """What the scheduler metered for out-of-province users at one enterprise's in-province
+    sites in the year's window: Σ ``usage_records.cost_yuan`` (originals and adjustments) of
+    tenants bound to voucher applicants registered outside the province."""
+
+    enterprise: str
+    cost_yuan: Decimal
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
 class Inputs:
     year: int
     sites: tuple[Site, ...]
@@ -121,6 +132,7 @@ class Inputs:
     other_support: tuple[OtherSupport, ...] = ()
     terminals: tuple[TerminalsServed, ...] = ()
     accelerators: tuple[SiteAccelerators, ...] = ()
+    outbound: tuple[OutboundUsage, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -160,6 +172,8 @@ class Inputs:
                 "fp16_tflops_estimated": Decimal(a["fp16_tflops_estimated"]),
                 "as_of": datetime.fromisoformat(a["as_of"])})
                 for a in data["accelerators"]),
+            outbound=tuple(OutboundUsage(**{**o, "cost_yuan": Decimal(o["cost_yuan"])})
+                           for o in data["outbound"]),
         )
 
 

@@ -39,6 +39,7 @@ MEASURE_PARAMETERS: dict[str, dict[str, str]] = {
           "pool": AMOUNT, "when_pool_short": "choice:issue_remainder|refuse",
           "draw_share": "choice:voucher_rate|full_cost",
           "settlement_period": "choice:quarter|month|year"},
+    "10": {"min_contracts": AMOUNT, "rate": RATIO, "cap": AMOUNT, "max_unmetered_share": RATIO},
 }
 """What each measure reads from the policy, by kind; ``choice:a|b`` is one of the words."""
 

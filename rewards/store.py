@@ -33,6 +33,7 @@ from rewards.inputs import (
     Declaration,
     Inputs,
     OtherSupport,
+    OutboundUsage,
     PriorAward,
     Site,
     SiteAccelerators,
@@ -40,6 +41,7 @@ from rewards.inputs import (
     TerminalsServed,
     number,
 )
+from rewards.outbound import assess_outbound
 from rewards.policy import POLICIES, Policy, PolicyError, in_force
 from rewards.pue import assess_pue
 from rewards.scale import assess_scale
@@ -51,6 +53,7 @@ CALCULATIONS: dict[str, Callable[[Inputs, Policy], list[Award]]] = {
     "2": assess_cloud,
     "3": assess_edge,
     "6": assess_domestic,
+    "10": assess_outbound,
 }
 """The measures assessed from the platform's own measurements (with accepted declarations)."""
 
@@ -83,12 +86,18 @@ def read_inputs(conn: psycopg.Connection, year: int, policy: Policy) -> Inputs:
     """Everything the measures read for ``year``, in one consistent snapshot: the in-province
     sites, their hourly rollups inside the policy's window, accepted declarations, awards of
     other years already approved or paid, the other-support register, each site's largest
-    terminals-served reading inside the window, and its accelerators at the window's end.
+    terminals-served reading inside the window, its accelerators at the window's end, and
+    each enterprise's metered out-of-province usage.
 
     A site's inventory at the window's end is the one it last wrote before the end (or, when it
     kept reporting after the end, at the end): the accelerators first seen before the end and
     last seen no more than :data:`INVENTORY_SLACK` before that moment. A site whose last write
-    before the end lies before the window's start has no inventory in the window."""
+    before the end lies before the window's start has no inventory in the window.
+
+    Out-of-province usage is Σ ``usage_records.cost_yuan`` at an enterprise's in-province
+    sites by tenants bound to voucher applicants registered outside the province, over the
+    records (originals and adjustments, an adjustment dated by its original's end) that ended
+    inside the window."""
     window = policy.window(year)
     if window is None:
         raise Invalid(f"{year} is outside the policy's dates ({policy.effective_from} .."
@@ -149,7 +158,18 @@ def read_inputs(conn: psycopg.Connection, year: int, policy: Policy) -> Inputs:
             " AND a.last_seen >= w.as_of - %(slack)s"
             " GROUP BY a.site_id, a.domestic, w.as_of ORDER BY a.site_id, a.domestic",
             {"start": start, "end": end, "slack": INVENTORY_SLACK}))
-    return Inputs(year, sites, hours, declarations, prior, support, terminals, accelerators)
+        outbound = tuple(OutboundUsage(*r) for r in conn.execute(
+            "SELECT e.name, sum(u.cost_yuan), count(*) FROM usage_records u"
+            " LEFT JOIN usage_records o ON o.id = u.adjusts"
+            " JOIN sites s ON s.id = u.site_id JOIN enterprises e ON e.id = s.enterprise_id"
+            " JOIN voucher_applicant_tenants t ON t.tenant = u.tenant"
+            " JOIN voucher_applicants a ON a.id = t.applicant_id"
+            " WHERE s.in_province AND NOT a.in_province"
+            " AND coalesce(o.ended_at, u.ended_at) >= %(start)s"
+            " AND coalesce(o.ended_at, u.ended_at) < %(end)s"
+            " GROUP BY e.name ORDER BY e.name", {"start": start, "end": end}))
+    return Inputs(year, sites, hours, declarations, prior, support, terminals, accelerators,
+                  outbound)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ def _mark(source: str) -> str:
 
 @rewards_app.command("assess")
 def assess(url: Url, key: Key, year: Year,
-           measure: Annotated[str | None, typer.Option(help="5b or 4; all by default.")] = None
-           ) -> None:
+           measure: Annotated[str | None, typer.Option(
+               help="5b, 4, 1, 2, 3, 6 or 10; all by default.")] = None) -> None:
     """Assess a year from the platform's measurements; re-running on unchanged data writes
     nothing new."""
     body: dict[str, Any] = {"year": year, "measure": measure}
@@ -60,7 +60,7 @@ def awards(url: Url, key: Key, year: Year,
 @rewards_app.command("explain")
 def explain(url: Url, key: Key, year: Year,
             enterprise: Annotated[str, typer.Option()],
-            measure: Annotated[str, typer.Option(help="5b or 4.")],
+            measure: Annotated[str, typer.Option(help="5b, 4, 1, 2, 3, 6 or 10.")],
             hours: Annotated[bool, typer.Option(help="List every rollup row behind it.")]
             = False) -> None:
     """Trace an award down to its sites, hours, rollup rows and policy parameters."""
