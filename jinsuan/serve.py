@@ -14,8 +14,11 @@ def make_server(platform: Platform, host: str, port: int) -> uvicorn.Server:
     # Idle keep-alive connections are kept longer (75 s) than agents and clients keep theirs
     # (httpx: 5 s), so the client always closes first: a server closing a connection just as an
     # agent sends its next batch on it made the send fail ("Server disconnected") and retry.
+    settings = platform.settings
     config = uvicorn.Config(create_app(platform), host=host, port=port, log_level="warning",
-                            access_log=False, timeout_keep_alive=75)
+                            access_log=False, timeout_keep_alive=75,
+                            ssl_certfile=settings.tls_cert_file,
+                            ssl_keyfile=settings.tls_key_file)
     return uvicorn.Server(config)
 
 

@@ -24,7 +24,7 @@ def serve(
     try:
         host, port = host or settings.host, port or settings.port
         server = make_server(Platform(settings, db), host, port)
-        typer.echo(f"jinsuan serve: listening on http://{host}:{port}")
+        typer.echo(f"jinsuan serve: listening on {settings.scheme}://{host}:{port}")
         flavour = "TimescaleDB" if db.timescale else "plain PostgreSQL"
         typer.echo(f"database: {without_secrets(db.url)} ({flavour}); raw samples kept"
                    f" {settings.retention_days} days")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,26 @@ class Settings(BaseSettings):
         " (created on first use); default: ledger-ed25519.pem in data_dir.")
     ledger_checkpoint_every_s: float = Field(
         default=3600, gt=0, description="How often the ledger's head is signed.")
+
+    tls_cert_file: Path | None = Field(
+        default=None, description="Serve HTTPS with this certificate chain (PEM); with"
+        " tls_key_file. Unset: plain HTTP, for a TLS-terminating reverse proxy in front.")
+    tls_key_file: Path | None = Field(
+        default=None, description="The private key (PEM) of tls_cert_file.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("JINSUAN_TLS_CERT_FILE and JINSUAN_TLS_KEY_FILE go together:"
+                             " set both, or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
     def ledger_key_path(self) -> Path:
         return self.ledger_key_file or self.data_dir / "ledger-ed25519.pem"
