@@ -30,6 +30,7 @@ from jinsuan.kernel.errors import (
 from jinsuan.kernel.gate import ConnectionGate
 from jinsuan.kernel.limits import BodyLimit
 from jinsuan.kernel.platform import Platform
+from jinsuan.kernel.ratelimit import RateLimit, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,17 @@ def create_app(platform: Platform) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.platform = platform
+    settings = platform.settings
     app.add_middleware(BodyLimit, limit=platform.settings.max_request_bytes)
+    app.state.rate_limiter = RateLimiter(
+        per_key=settings.rate_per_key, per_address=settings.rate_per_address,
+        burst=settings.rate_burst, max_failures=settings.wrong_secrets_before_lockout,
+        lockout_s=settings.lockout_s)
+    app.add_middleware(RateLimit, limiter=app.state.rate_limiter)
     app.state.audit = AuditWriter(platform.db.url)
     app.add_middleware(AuditLog, writer=app.state.audit)  # outermost: sees every answer
     app.state.key_cache = KeyCache()  # verified API keys, see jinsuan.kernel.auth.KEY_CACHE_TTL_S
     # Requests share the pool but for the connections kept for the placement cycle.
-    settings = platform.settings
     app.state.gate = ConnectionGate(platform.db.pool,
                                     settings.pool_max_size - settings.pool_reserved,
                                     settings.request_wait_s)

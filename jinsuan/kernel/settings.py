@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     ledger_checkpoint_every_s: float = Field(
         default=3600, gt=0, description="How often the ledger's head is signed.")
 
+    rate_per_key: float = Field(
+        default=50, gt=0, description="Requests per second one API key may make (per process).")
+    rate_per_address: float = Field(
+        default=20, gt=0, description="Requests per second from one address without a key.")
+    rate_burst: float = Field(default=200, ge=1, description="Requests allowed at once.")
+    wrong_secrets_before_lockout: int = Field(
+        default=10, ge=1, description="Wrong secrets for one key prefix within a minute before"
+        " the prefix is locked out.")
+    lockout_s: float = Field(default=300, gt=0, description="How long a lockout lasts.")
     tls_cert_file: Path | None = Field(
         default=None, description="Serve HTTPS with this certificate chain (PEM); with"
         " tls_key_file. Unset: plain HTTP, for a TLS-terminating reverse proxy in front.")
