@@ -121,7 +121,7 @@ def _unique_names(slots: list[ProbeSlot]) -> None:
 
 def read_probes(slots: Sequence[ProbeSlot], now: datetime) -> list[ProbeResult]:
     """Read all probes concurrently; each gets its own deadline from the common start."""
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     launched: list[tuple[ProbeSlot, Future[Reading] | None]] = []
     for slot in slots:
         if slot.running is not None and not slot.running.done():
@@ -140,9 +140,10 @@ def read_probes(slots: Sequence[ProbeSlot], now: datetime) -> list[ProbeResult]:
         try:
             reading = future.result(timeout=max(0.0, remaining))
         except FutureTimeout:
+            slow = _who_was_slow(time.monotonic() - started, time.process_time() - cpu_started)
             results.append(ProbeResult(
                 slot.name, None, slot.deadline_s,
-                (f"no result within its deadline of {slot.deadline_s:g}s; abandoned",),
+                (f"no result within its deadline of {slot.deadline_s:g}s; abandoned: {slow}",),
                 timed_out=True))
             continue
         except Exception as exc:
@@ -153,6 +154,21 @@ def read_probes(slots: Sequence[ProbeSlot], now: datetime) -> list[ProbeResult]:
         errors = (failure,) if failure else tuple(reading.errors if reading else ())
         results.append(ProbeResult(slot.name, reading, duration, errors))
     return results
+
+
+def _who_was_slow(wall_s: float, cpu_s: float) -> str:
+    """Whether a probe that missed its deadline waited on its devices or on the agent itself.
+
+    The agent's CPU time over the same span tells them apart: waiting on a silent device or a
+    slow network costs next to no CPU, while an agent busy compiling MIBs or decoding uses up
+    to a core (its Python threads share one), less on a crowded host; blaming the devices then
+    would send the operator to look at healthy ones. A quarter of a core is far above waiting.
+    """
+    usage = f"{cpu_s:.1f} s of CPU in {wall_s:.1f} s"
+    if cpu_s >= 0.25 * wall_s:
+        return (f"the agent itself was slow, not necessarily the devices (it used {usage}: "
+                "computing, not waiting)")
+    return f"the agent was mostly idle ({usage}): it was waiting on the devices or the network"
 
 
 def _in_thread(slot: ProbeSlot, now: datetime) -> Future[Reading]:

@@ -158,17 +158,20 @@ def serve_extended_emulator() -> int:
 
 # -- fixtures -------------------------------------------------------------------------------
 
-def write_config(directory: Path) -> Path:
+def write_config(directory: Path, *, basic_auth: bool = True) -> Path:
     import bcrypt
 
-    htpasswd = directory / "htpasswd"
-    digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"{USER}:{digest}\n")
+    auth = ""
+    if basic_auth:
+        htpasswd = directory / "htpasswd"
+        digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd.write_text(f"{USER}:{digest}\n")
+        auth = f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
     state = directory / "state"
     state.mkdir()
     config = directory / "emulator.conf"
     config.write_text(
-        f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
+        auth +
         f"SUSHY_EMULATOR_STATE_DIR = {str(state)!r}\n"
         "SUSHY_EMULATOR_FAKE_SYSTEMS = [{'uuid': '27946b59-9e44-4fa7-8e91-f3527a1ef094',"
         " 'name': 'node-1', 'power_state': 'On', 'nics': []}]\n"
@@ -183,10 +186,18 @@ def write_config(directory: Path) -> Path:
 
 
 @contextmanager
-def emulator(directory: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
-    """Start the extended sushy-emulator; yield its base URL once it answers."""
+def emulator(directory: Path, tls: tuple[Path, Path] | None = None, *,
+             plain: bool = False) -> Iterator[str]:
+    """Start the extended sushy-emulator; yield its base URL once it answers.
+
+    ``plain``: sushy-emulator as shipped instead, which has no SessionService: its login URL is
+    not found (HTTP 404). It runs without the htpasswd file, whose basic-auth check would refuse
+    the login before the route is looked up, so it serves everything else without credentials.
+    """
     port = free_port()
-    command = [sys.executable, __file__, "--config", str(write_config(directory)),
+    server = ["-m", "sushy_tools.emulator.main"] if plain else [__file__]
+    command = [sys.executable, *server,
+               "--config", str(write_config(directory, basic_auth=not plain)),
                "--fake", "-i", "127.0.0.1", "-p", str(port)]
     scheme = "http"
     if tls is not None:

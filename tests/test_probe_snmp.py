@@ -15,6 +15,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,10 +129,15 @@ def values(reading) -> dict[tuple[str, str], float]:
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    with snmpsim(tmp_path_factory.mktemp("snmpsim")) as running:
+        yield running
+
+
+@contextmanager
+def snmpsim(work: Path) -> Iterator[Agent]:
     """snmpsim on a free loopback UDP port, answering v2c and the v3 users above."""
     pytest.importorskip("pysnmp", reason="the snmp probe's library is not installed")
     pytest.importorskip("snmpsim", reason="the SNMP agent simulator is not installed")
-    work = tmp_path_factory.mktemp("snmpsim")
     port, ipv6_port = free_udp_port(), free_udp6_port()
     args = [
         f"--data-dir={DATA_DIR}",

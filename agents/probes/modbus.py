@@ -7,6 +7,11 @@ between cycles). Meters are read in parallel, so one dead or slow meter costs th
 its own timeout, not the sum of all of them. A meter that fails is reported in ``errors`` with
 its id, address and the cause; the others still read.
 
+A failure that usually comes from one misconfigured key says which: a value the catalogue
+refuses (negative, implausibly large) is decoded again with the other word order and shown if
+that one is plausible; a server that accepts the TCP connection but does not answer the request,
+or answers that the unit is unavailable, is most often being asked for the wrong ``unit_id``.
+
 pymodbus is imported only when a meter is actually read, so the agent starts without it when
 no Modbus probe is configured.
 """
@@ -30,6 +35,19 @@ if TYPE_CHECKING:
 POWER_METRIC = "meter_power_watts"
 ENERGY_METRIC = "meter_energy_joules_total"
 _MAX_PARALLEL = 8
+
+# Modbus exception codes (Modbus Application Protocol v1.1b3, section 7) and what to check.
+# 04 "server device failure" is what pymodbus's server (and some gateways) answer for a unit id
+# they do not serve; 0A / 0B are a gateway saying it has no path to, or no answer from, the unit.
+_UNIT_ID_HINT = (
+    "the server accepted the TCP connection, so host and port are right: check unit_id, the "
+    "RS-485 address a gateway passes the request on to (a meter answers only its own)"
+)
+_MAP_HINT = "check address, kind and type in the register map against the meter's manual"
+_EXCEPTION_HINTS = {
+    1: _MAP_HINT, 2: _MAP_HINT, 3: _MAP_HINT,
+    4: _UNIT_ID_HINT, 10: _UNIT_ID_HINT, 11: _UNIT_ID_HINT,
+}
 
 
 class ModbusMeterConfig(BaseModel):
@@ -138,16 +156,18 @@ class ModbusProbe:
                 if spec is None:
                     continue
                 try:
-                    value = decode(_read_registers(client, meter, spec, where), spec)
+                    registers = _read_registers(client, meter, spec, where)
                 except MeterSilentError as exc:
                     errors.append(str(exc))
                     break
                 except MeterReadError as exc:
                     errors.append(str(exc))
                     continue
+                value = decode(registers, spec)
                 problem = CATALOGUE[metric].check(value)
                 if problem is not None:
-                    errors.append(f"{where}: {metric} from {_describe(spec)} rejected: {problem}")
+                    errors.append(f"{where}: {metric} from {_describe(spec)} rejected: {problem}"
+                                  f" ({_decoding_hint(registers, spec, metric)})")
                     continue
                 points.append(Point(metric, meter.id, value))
         finally:
@@ -157,6 +177,24 @@ class ModbusProbe:
 
 def _describe(spec: Register) -> str:
     return f"{spec.kind} register {spec.address} ({spec.type})"
+
+
+def _decoding_hint(registers: list[int], spec: Register, metric: str) -> str:
+    """What to check in the register map when ``registers`` decoded to an implausible value.
+
+    A multi-register value read in the wrong word order comes out negative or absurdly large
+    far more often than plausible, so the other order is tried: if it gives a value the
+    catalogue accepts, the operator is shown it to compare with the meter's display.
+    """
+    if spec.count == 1:
+        return "check type, byte_order, scale and unit in the register map"
+    other = "little" if spec.word_order == "big" else "big"
+    alternative = decode(registers, spec.model_copy(update={"word_order": other}))
+    if CATALOGUE[metric].check(alternative) is not None:
+        return "check word_order, type, scale and unit in the register map"
+    unit = CATALOGUE[metric].unit
+    return (f'with word_order = "{other}" the same registers read {alternative:g} {unit}; if '
+            "that matches the meter's display, the register map's word_order is wrong")
 
 
 def _read_registers(
@@ -170,11 +208,14 @@ def _read_registers(
     except ModbusException as exc:
         raise MeterSilentError(
             f"{where}: no answer reading {_describe(spec)} within {meter.timeout_s:g} s: {exc}"
+            f" ({_UNIT_ID_HINT})"
         ) from exc
     if response.isError():
+        code = getattr(response, "exception_code", None)
+        hint = _EXCEPTION_HINTS.get(code)
         raise MeterReadError(
-            f"{where}: meter refused reading {_describe(spec)}: "
-            f"exception code {getattr(response, 'exception_code', '?')}"
+            f"{where}: meter refused reading {_describe(spec)}: exception code "
+            f"{'?' if code is None else code}" + (f" ({hint})" if hint else "")
         )
     if len(response.registers) != spec.count:
         raise MeterReadError(

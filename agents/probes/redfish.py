@@ -13,9 +13,10 @@ cycle costs one or two GETs per BMC:
 
 Authentication is HTTP basic or a Redfish session (``POST /redfish/v1/SessionService/Sessions``,
 then ``X-Auth-Token``); the session is kept between cycles, renewed once when the BMC answers
-401, and deleted by ``close()``. TLS certificates are verified by default, against the system
-store or a configured CA bundle. Every request is bounded by the BMC's ``timeout_s``; a BMC that
-fails is reported in ``errors`` and the others still read.
+401, and deleted by ``close()``; a BMC without a session service (404 or 405 on the login) is
+reported with the hint to use ``auth = "basic"``. TLS certificates are verified by default,
+against the system store or a configured CA bundle. Every request is bounded by the BMC's
+``timeout_s``; a BMC that fails is reported in ``errors`` and the others still read.
 """
 
 from __future__ import annotations
@@ -217,8 +218,12 @@ class _Bmc:
             },
         )
         if response.status_code not in (200, 201):
+            # Older and stripped-down BMCs have no SessionService: the login URL is not found,
+            # or takes no POST, yet the same BMC answers GETs with HTTP basic auth.
+            hint = (' (this BMC has no Redfish session service: set auth = "basic")'
+                    if response.status_code in (404, 405) else "")
             raise BmcError(f"session login at {SESSIONS_PATH} returned HTTP "
-                           f"{response.status_code}")
+                           f"{response.status_code}{hint}")
         token = response.headers.get("X-Auth-Token")
         if not token:
             raise BmcError(f"session login at {SESSIONS_PATH} returned no X-Auth-Token")
