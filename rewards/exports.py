@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -176,21 +176,27 @@ def _award_cells(award: ExportedAward) -> list[Any]:
             ", ".join(award.assumptions), yes(award.rests_on_assumptions)]
 
 
-def _csv_text(value: Any) -> str:
+def csv_text(value: Any) -> str:
+    """A CSV cell: an amount to the fen, nothing for ``None``, a formula-like text kept text."""
     if isinstance(value, Decimal):
         return fen_text(value)
-    text = str(value)
+    text = "" if value is None else str(value)
     return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_bytes(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """A header and rows of :func:`csv_text` cells; UTF-8 with a BOM, CRLF line ends."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_text(v) for v in row])
+    return out.getvalue().encode("utf-8-sig")
 
 
 def awards_csv(export: YearAwards) -> bytes:
     """One row per award, in :data:`AWARD_COLUMNS`; UTF-8 with a BOM, CRLF line ends."""
-    out = io.StringIO(newline="")
-    writer = csv.writer(out)
-    writer.writerow(AWARD_COLUMNS)
-    for award in export.awards:
-        writer.writerow([_csv_text(v) for v in _award_cells(award)])
-    return out.getvalue().encode("utf-8-sig")
+    return csv_bytes(AWARD_COLUMNS, (_award_cells(award) for award in export.awards))
 
 
 def awards_xlsx(export: YearAwards) -> bytes:
@@ -203,44 +209,44 @@ def awards_xlsx(export: YearAwards) -> bytes:
     awards = book.active
     assert awards is not None
     awards.title = "Awards"
-    _header(awards, AWARD_COLUMNS, (10, 12, 9, 7, 24, 24, 15, 9, 10, 20, 60, 30, 12))
+    header(awards, AWARD_COLUMNS, (10, 12, 9, 7, 24, 24, 15, 9, 10, 20, 60, 30, 12))
     amount_column = AWARD_COLUMNS.index("amount (yuan)")
     for award in export.awards:
         cells = _award_cells(award)
         cells[amount_column] = None
-        _append(awards, cells)
-        _exact_amount(awards.cell(awards.max_row, amount_column + 1), award.amount)
+        append(awards, cells)
+        exact_amount(awards.cell(awards.max_row, amount_column + 1), award.amount)
 
     assessments = book.create_sheet("Assessments")
-    _header(assessments, ASSESSMENT_COLUMNS, (12, 7, 9, 24, 9, 66, 30, 66, 20))
+    header(assessments, ASSESSMENT_COLUMNS, (12, 7, 9, 24, 9, 66, 30, 66, 20))
     for head in export.assessments:
-        _append(assessments, [head.id, head.year, head.measure, head.policy_id,
-                              head.policy_version, head.policy_sha256, head.code_version,
-                              head.inputs_sha256,
-                              head.created_at.astimezone(SHANGHAI).replace(tzinfo=None)])
+        append(assessments, [head.id, head.year, head.measure, head.policy_id,
+                             head.policy_version, head.policy_sha256, head.code_version,
+                             head.inputs_sha256,
+                             head.created_at.astimezone(SHANGHAI).replace(tzinfo=None)])
         assessments.cell(assessments.max_row, len(ASSESSMENT_COLUMNS)).number_format = (
             "yyyy-mm-dd hh:mm:ss")
 
     sheet = book.create_sheet("Parameters")
-    _header(sheet, PARAMETER_COLUMNS, (24, 9, 9, 24, 16, 22, 16, 11, 80))
+    header(sheet, PARAMETER_COLUMNS, (24, 9, 9, 24, 16, 22, 16, 11, 80))
     for head, p in parameters(export):
-        _append(sheet, [head.policy_id, head.policy_version, head.measure, p.name,
-                        str(p.value), p.unit, p.per, yes(p.assumption), p.note])
+        append(sheet, [head.policy_id, head.policy_version, head.measure, p.name,
+                       str(p.value), p.unit, p.per, yes(p.assumption), p.note])
 
     sheet = book.create_sheet("Figures")
-    _header(sheet, FIGURE_COLUMNS, (10, 9, 24, 24, 30, 18, 11, 80))
+    header(sheet, FIGURE_COLUMNS, (10, 9, 24, 24, 30, 18, 11, 80))
     for award in export.awards:
         for figure in award.figures:
-            _append(sheet, [award.id, award.measure, award.enterprise, award.data_centre or "",
-                            figure["name"], figure["value"], figure["source"],
-                            figure["detail"]])
+            append(sheet, [award.id, award.measure, award.enterprise, award.data_centre or "",
+                           figure["name"], figure["value"], figure["source"],
+                           figure["detail"]])
 
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
 
 
-def _header(sheet: Worksheet, columns: Sequence[str], widths: Sequence[int]) -> None:
+def header(sheet: Worksheet, columns: Sequence[str], widths: Sequence[int]) -> None:
     from openpyxl.styles import Font
 
     sheet.append(list(columns))
@@ -250,7 +256,7 @@ def _header(sheet: Worksheet, columns: Sequence[str], widths: Sequence[int]) -> 
     sheet.freeze_panes = "A2"
 
 
-def _append(sheet: Worksheet, cells: list[Any]) -> None:
+def append(sheet: Worksheet, cells: list[Any]) -> None:
     """Append a row; a text that openpyxl took for a formula stays text."""
     sheet.append(cells)
     for cell in sheet[sheet.max_row]:
@@ -258,7 +264,7 @@ def _append(sheet: Worksheet, cells: list[Any]) -> None:
             cell.data_type = "s"
 
 
-def _exact_amount(cell: Cell, amount: Decimal) -> None:
+def exact_amount(cell: Cell, amount: Decimal) -> None:
     """A number cell holding ``amount``'s exact text ("13.78"), shown with two decimals."""
     cell.value = fen_text(amount)  # a string: openpyxl stores it as given...
     cell.data_type = "n"  # ...and as a number, which Excel reads from that text

@@ -63,7 +63,7 @@ STATE_COLOURS = {"assessed": "#8e949c", "proposed": "#e0752d", "approved": "#327
 STYLE = {"pdf.fonttype": 42, "axes.labelsize": 8, "axes.edgecolor": "#8e949c",
          "axes.labelcolor": INK}
 
-_DRAWING = threading.Lock()
+DRAWING = threading.Lock()
 """Matplotlib's settings and warning filters are process-wide: one PDF is drawn at a time."""
 
 
@@ -71,8 +71,8 @@ def report_pdf(export: YearAwards, *, generated: datetime) -> bytes:
     """The PDF of ``export``; :class:`Unavailable` when the platform has no Chinese font."""
     family = cjk_family()
     when = generated.astimezone(SHANGHAI)
-    with _DRAWING, matplotlib.rc_context({**STYLE, "font.family": [family, "DejaVu Sans"]}), \
-            _no_missing_glyphs():
+    with DRAWING, matplotlib.rc_context({**STYLE, "font.family": [family, "DejaVu Sans"]}), \
+            no_missing_glyphs():
         doc = Pages()
         _title_page(doc, export, when)
         for head in export.assessments:
@@ -249,7 +249,7 @@ def _find_font(explicit: str | None) -> str:
 
 
 @contextmanager
-def _no_missing_glyphs() -> Iterator[None]:
+def no_missing_glyphs() -> Iterator[None]:
     """A glyph missing from the fonts is an error, never an empty box in the PDF."""
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=r"Glyph \d+ .* missing from font")

@@ -180,7 +180,7 @@ def test_every_query_runs_as_grafana_and_returns_the_columns_it_draws(
     assert sorted(values["enterprise"]) == sorted(str(i) for i in store.enterprises.values())
     values["year"] = [str(YEAR)]
     queries = sql_queries(dashboard)
-    assert len(queries) == 6 + 3  # six panels, three variables
+    assert len(queries) == 6 + 4 + 3  # six award panels, four voucher panels, three variables
     for where, sql in queries:
         assert grafana.rows(as_grafana, grafana_sql(sql, values)), f"{where} returned nothing"
     for panel in grafana.all_panels(dashboard):

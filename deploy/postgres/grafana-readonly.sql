@@ -41,7 +41,8 @@ GRANT SELECT (id, tenant, project, name, constraints, tasks, accelerators_per_ta
 GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_at, leased_at,
               started_at, ended_at, exit_code, end_reason, tenant, submitted_at)
     ON runs TO jinsuan_grafana;
-GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state
+GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state,
+                rollup_placements_hourly
     TO jinsuan_grafana;
 
 -- The rewards dashboard: assessments (which is the latest, when and under which policy) and
@@ -52,3 +53,15 @@ GRANT SELECT (id, year, measure, policy_id, policy_version, created_at)
 GRANT SELECT (id, assessment_id, measure, year, enterprise_id, data_centre, amount, eligible,
               detail, state)
     ON reward_awards TO jinsuan_grafana;
+
+-- The rewards dashboard's vouchers: face values, pool years and states, what each draw drew
+-- and whether it is settled, when a settlement was paid, what clawbacks returned, and each
+-- applicant's kind and province; not the applications and their evidence, applicants' names
+-- or credit codes, draws' reasons and jobs, end and clawback reasons, payment references,
+-- nor the ledger.
+GRANT SELECT (id, applicant_id, provider_id, pool_year, face_value, state)
+    ON vouchers TO jinsuan_grafana;
+GRANT SELECT (voucher_id, amount, settlement_id) ON voucher_draws TO jinsuan_grafana;
+GRANT SELECT (id, paid_at) ON voucher_settlements TO jinsuan_grafana;
+GRANT SELECT (voucher_id, amount) ON voucher_clawbacks TO jinsuan_grafana;
+GRANT SELECT (id, kind, in_province) ON voucher_applicants TO jinsuan_grafana;

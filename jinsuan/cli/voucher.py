@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from jinsuan.cli.client import Key, Url, call, console, fail
+from jinsuan.cli.client import Key, Url, call, call_bytes, console, fail
+from jinsuan.cli.rewards import Format
 
 voucher_app = typer.Typer(help="Compute vouchers (算力券): apply, review, approve, statements.",
                           no_args_is_help=True)
@@ -105,10 +106,35 @@ def show(url: Url, key: Key, voucher: Annotated[int, typer.Argument()]) -> None:
 
 @voucher_app.command("statement")
 def statement(url: Url, key: Key,
-              provider: Annotated[str, typer.Option(help="The provider enterprise.")],
+              provider: Annotated[str | None, typer.Option(
+                  help="The provider enterprise: what the bureau owes it for a period.")] = None,
               day: Annotated[str, typer.Option(help="Any day of the period, YYYY-MM-DD.")]
-              = str(date.today())) -> None:
-    """What the bureau owes a provider for a settlement period, each draw traced."""
+              = str(date.today()),
+              applicant: Annotated[int | None, typer.Option(
+                  help="An applicant's id: its vouchers, draws and balances.")] = None,
+              kind: Annotated[Format | None, typer.Option(
+                  "--format", help="Write the statement as a csv, xlsx or pdf file.")] = None,
+              out: Annotated[Path | None, typer.Option(
+                  help="The file to write (with --format).", dir_okay=False, writable=True)]
+              = None) -> None:
+    """A provider's statement for a settlement period, each draw traced, or an applicant's
+    (--applicant, as a file); --format and --out write it as CSV, XLSX or PDF."""
+    if (provider is None) == (applicant is None):
+        raise fail("name one of --provider and --applicant")
+    if (kind is None) != (out is None):
+        raise fail("--format and --out go together")
+    if kind is not None and out is not None:
+        if provider is not None:
+            path, params = "provider", {"enterprise": provider, "day": day}
+        else:
+            path, params = "applicant", {"applicant": str(applicant)}
+        content = call_bytes("GET", url, key, f"/v1/vouchers/statements/{path}.{kind.value}",
+                             params=params)
+        out.write_bytes(content)
+        console.print(f"wrote {out}: {kind.value}, {len(content):,} bytes")
+        return
+    if provider is None:
+        raise fail("an applicant's statement is a file: give --format and --out")
     s = call("GET", url, key, "/v1/vouchers/statements/provider",
              params={"enterprise": provider, "day": day})
     console.print(f"[bold]{provider}[/bold], {s['period'][0]} .. {s['period'][1]}:"

@@ -4,31 +4,37 @@ Who may do what: an admin registers applicants, binds tenants to them and record
 credit codes; a dispatcher applies for the applicant its tenant acts for and reads that
 applicant's applications, vouchers and draws; an operator reads the vouchers and statement of
 its own enterprise as a provider; the bureau reviews (one key recommends, another approves),
-keeps the affiliation register, revokes, claws back and settles. Another party's voucher is
-answered as missing.
+keeps the affiliation register, revokes, claws back and settles. Another party's voucher (or
+statement) is answered as missing. Statements come as JSON and as CSV, XLSX and PDF files
+(:mod:`rewards.vouchers.exports`).
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
 from jinsuan.kernel.errors import NotFound
 from jinsuan.kernel.sites import enterprise_id
-from rewards.vouchers import drawing, issuing, parties, settling
+from rewards.vouchers import drawing, exports, issuing, parties, settling
 
 Admin = Annotated[Principal, allow(Role.ADMIN)]
 Bureau = Annotated[Principal, allow(Role.BUREAU)]
 BureauOrAdmin = Annotated[Principal, allow(Role.BUREAU, Role.ADMIN)]
 Dispatcher = Annotated[Principal, allow(Role.DISPATCHER)]
 Parties = Annotated[Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
+Applicants = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
+Providers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
+Enterprise = Annotated[str, Query(max_length=200)]
+Day = Annotated[date, Query(description="Any day of the period.")]
+FILES = {200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}}}
 
 
 class _Body(BaseModel):
@@ -200,16 +206,31 @@ def router() -> APIRouter:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     @api.get("/statements/provider")
-    def provider_statement(conn: ConnDep, principal: Annotated[Principal, allow(
-            Role.OPERATOR, Role.BUREAU, Role.ADMIN)],
-            enterprise: Annotated[str, Query(max_length=200)],
-            day: Annotated[date, Query(description="Any day of the period.")],
-            ) -> dict[str, Any]:
+    def provider_statement(conn: ConnDep, principal: Providers, enterprise: Enterprise,
+                           day: Day) -> dict[str, Any]:
         """What the bureau owes a provider for the settlement period holding ``day``."""
-        provider = enterprise_id(conn, enterprise)
-        if principal.role is Role.OPERATOR and principal.enterprise_id != provider:
-            raise NotFound(f"no enterprise named {enterprise!r}", field="enterprise")
-        return settling.provider_statement(conn, provider, day)
+        return settling.provider_statement(conn, _provider(conn, principal, enterprise), day)
+
+    @api.get("/statements/provider.{kind}", response_class=Response, responses=FILES)
+    def provider_statement_file(kind: exports.Format, conn: ConnDep, principal: Providers,
+                                enterprise: Enterprise, day: Day) -> Response:
+        """The provider's statement for the settlement period holding ``day`` as CSV, XLSX or
+        PDF: each draw traced to its usage record, run, job, voucher and applicant, settled or
+        not, and the totals. An operator gets its own enterprise's only."""
+        made = exports.provider_statement(conn, _provider(conn, principal, enterprise), day)
+        return _download(made, kind)
+
+    @api.get("/statements/applicant.{kind}", response_class=Response, responses=FILES)
+    def applicant_statement_file(kind: exports.Format, conn: ConnDep, principal: Applicants,
+                                 applicant: Annotated[int, Query()]) -> Response:
+        """An applicant's statement as CSV, XLSX or PDF: every voucher (issued, drawn,
+        balance), each usage record decided against it (drawn, or nothing and why). A
+        dispatcher gets the applicant its tenant acts for only."""
+        if principal.role is Role.DISPATCHER:
+            mine = parties.applicant_of_tenant(conn, principal.tenant or "")
+            if mine is None or mine.id != applicant:
+                raise NotFound(f"no applicant {applicant}", field="applicant")
+        return _download(exports.applicant_statement(conn, applicant), kind)
 
     @api.post("/settlements", status_code=201)
     def settle(body: SettleIn, conn: ConnDep, principal: Bureau) -> dict[str, int]:
@@ -233,6 +254,21 @@ def _scope(conn: psycopg.Connection, principal: Principal, applicant_column: str
     if principal.role is Role.OPERATOR:
         return f"{provider_column} = %(provider)s", {"provider": principal.enterprise_id}
     return "true", {}
+
+
+def _provider(conn: psycopg.Connection, principal: Principal, enterprise: str) -> int:
+    """The provider's id; to an operator, another enterprise is missing."""
+    provider = enterprise_id(conn, enterprise)
+    if principal.role is Role.OPERATOR and principal.enterprise_id != provider:
+        raise NotFound(f"no enterprise named {enterprise!r}", field="enterprise")
+    return provider
+
+
+def _download(statement: exports.Statement, kind: exports.Format) -> Response:
+    """The statement as a file to save; its name is plain ASCII (ids, dates)."""
+    content = exports.render(statement, kind, generated=datetime.now(UTC))
+    return Response(content, media_type=exports.MEDIA_TYPES[kind], headers={
+        "Content-Disposition": f'attachment; filename="{statement.filename}.{kind}"'})
 
 
 def _without_draws(statement: dict[str, Any]) -> dict[str, Any]:
