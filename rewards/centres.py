@@ -1,6 +1,7 @@
-"""What the measures assessed per data centre or per enterprise's racks share (1, 2, 3, 6): the
+"""What the measures assessed per data centre or per enterprise share (1, 2, 3, 4, 6, 10): the
 centres and their in-window rollups, the racks a centre reported, the accepted declaration of a
-kind, whether a centre was already paid, whether it is new, and what a cap leaves.
+kind, whether a centre was already paid, whether it is new, what a cap leaves, and how an
+award is settled once its reasons are known.
 
 A data centre is every site an enterprise registered under one data-centre name
 (``sites.data_centre``); a per-centre award is keyed by (enterprise, centre).
@@ -12,12 +13,14 @@ from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
 
-from rewards.caps import cap_room
+from jinsuan.contract.money import to_fen
+from rewards.caps import cap_room, double_support
 from rewards.inputs import (
     ASSUMPTION,
     COUNTED_STATES,
     DECLARED,
     POLICY,
+    Award,
     Declaration,
     Figure,
     Inputs,
@@ -158,3 +161,23 @@ class CapRooms:
         return (max(self.cap.value - taken, Decimal("0.00")),
                 f"{self.cap.value} yuan per data centre over the policy period, less {taken}"
                 " already awarded to it in other years")
+
+
+def award(inputs: Inputs, measure: str, enterprise: str, centre: str | None, *,
+          reasons: list[str], figures: list[Figure], assumptions: tuple[str, ...],
+          rooms: CapRooms, raw: Decimal, how: Figure) -> Award:
+    """The award once a measure has listed why it is not eligible (``reasons``; none: it is):
+    nothing when a reason stands or the other-support register covers it, else ``raw`` (worked
+    out as the figure ``how`` says) within what the cap leaves, rounded once to the fen."""
+    amount = Decimal("0.00")
+    refusal = double_support(inputs, measure, enterprise)
+    if not reasons and refusal:
+        reasons.append(refusal)
+    elif not reasons:
+        room, cap_figure = rooms.left(enterprise, centre)
+        amount = to_fen(min(raw, room))
+        rooms.take(enterprise, centre, amount)
+        figures += [how, cap_figure]
+        reasons.append("capped" if amount < raw else "eligible")
+    return Award(measure, enterprise, centre, amount, amount > 0, tuple(reasons),
+                 tuple(figures), assumptions)

@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
-from jinsuan.contract.money import to_fen
 from jinsuan.contract.policytime import days_bounds
-from rewards.caps import double_support
 from rewards.centres import (
     CapRooms,
+    award,
     centres,
     declared,
     latest,
@@ -76,19 +75,10 @@ def assess_cloud(inputs: Inputs, policy: Policy) -> list[Award]:
         paid = paid_before(inputs, MEASURE, enterprise, None)
         if paid:
             reasons.append(paid)
-        amount = Decimal("0.00")
-        refusal = double_support(inputs, MEASURE, enterprise)
-        if not reasons and refusal:
-            reasons.append(refusal)
-        elif not reasons:
-            raw = racks * per_rack.value  # type: ignore[operator]
-            room, cap_figure = rooms.left(enterprise, None)
-            amount = to_fen(min(raw, room))
-            rooms.take(enterprise, None, amount)
-            figures += [Figure("before the cap", f"{raw}", MEASURED,
-                               f"{racks} racks × {per_rack.value} yuan ({marked(per_rack)})"),
-                        cap_figure]
-            reasons.append("capped" if amount < raw else "eligible")
-        awards.append(Award(MEASURE, enterprise, None, amount, amount > 0, tuple(reasons),
-                            tuple(figures), assumptions))
+        raw = racks * per_rack.value  # type: ignore[operator]
+        awards.append(award(
+            inputs, MEASURE, enterprise, None, reasons=reasons, figures=figures,
+            assumptions=assumptions, rooms=rooms, raw=raw,
+            how=Figure("before the cap", f"{raw}", MEASURED,
+                       f"{racks} racks × {per_rack.value} yuan ({marked(per_rack)})")))
     return awards

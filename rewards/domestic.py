@@ -25,10 +25,17 @@ from __future__ import annotations
 
 from decimal import ROUND_DOWN, Decimal
 
-from jinsuan.contract.money import to_fen
 from jinsuan.contract.policytime import days_bounds
-from rewards.caps import double_support
-from rewards.centres import CapRooms, centres, declared, latest, marked, new_centre, paid_before
+from rewards.centres import (
+    CapRooms,
+    award,
+    centres,
+    declared,
+    latest,
+    marked,
+    new_centre,
+    paid_before,
+)
 from rewards.inputs import MEASURED, Award, Figure, Inputs, SiteAccelerators
 from rewards.policy import Policy
 
@@ -87,20 +94,11 @@ def assess_domestic(inputs: Inputs, policy: Policy) -> list[Award]:
         paid = paid_before(inputs, MEASURE, enterprise, centre)
         if paid:
             reasons.append(paid)
-        amount = Decimal("0.00")
-        refusal = double_support(inputs, MEASURE, enterprise)
-        if not reasons and refusal:
-            reasons.append(refusal)
-        elif not reasons:
-            reward = params["reward"]
-            room, cap_figure = rooms.left(enterprise, centre)
-            amount = to_fen(min(reward.value, room))  # type: ignore[type-var]
-            rooms.take(enterprise, centre, amount)
-            figures += [Figure("reward", f"{reward.value}", marked(reward), reward.note),
-                        cap_figure]
-            reasons.append("capped" if amount < reward.value else "eligible")  # type: ignore[operator]
-        awards.append(Award(MEASURE, enterprise, centre, amount, amount > 0, tuple(reasons),
-                            tuple(figures), assumptions))
+        reward = params["reward"]
+        awards.append(award(
+            inputs, MEASURE, enterprise, centre, reasons=reasons, figures=figures,
+            assumptions=assumptions, rooms=rooms, raw=reward.value,  # type: ignore[arg-type]
+            how=Figure("reward", f"{reward.value}", marked(reward), reward.note)))
     return awards
 
 

@@ -24,12 +24,8 @@ policy year:
 
 from __future__ import annotations
 
-from decimal import Decimal
-
-from jinsuan.contract.money import to_fen
 from jinsuan.contract.policytime import days_bounds
-from rewards.caps import double_support
-from rewards.centres import CapRooms, centres, marked, most_racks, paid_before, window_rows
+from rewards.centres import CapRooms, award, centres, marked, most_racks, paid_before, window_rows
 from rewards.inputs import MEASURED, Award, Figure, Inputs
 from rewards.policy import Policy
 
@@ -80,19 +76,10 @@ def assess_edge(inputs: Inputs, policy: Policy) -> list[Award]:
         paid = paid_before(inputs, MEASURE, enterprise, centre)
         if paid:
             reasons.append(paid)
-        amount = Decimal("0.00")
-        refusal = double_support(inputs, MEASURE, enterprise)
-        if not reasons and refusal:
-            reasons.append(refusal)
-        elif not reasons:
-            raw = racks * per_rack.value  # type: ignore[operator]
-            room, cap_figure = rooms.left(enterprise, centre)
-            amount = to_fen(min(raw, room))
-            rooms.take(enterprise, centre, amount)
-            figures += [Figure("before the cap", f"{raw}", MEASURED,
-                               f"{racks} racks × {per_rack.value} yuan ({marked(per_rack)})"),
-                        cap_figure]
-            reasons.append("capped" if amount < raw else "eligible")
-        awards.append(Award(MEASURE, enterprise, centre, amount, amount > 0, tuple(reasons),
-                            tuple(figures), assumptions))
+        raw = racks * per_rack.value  # type: ignore[operator]
+        awards.append(award(
+            inputs, MEASURE, enterprise, centre, reasons=reasons, figures=figures,
+            assumptions=assumptions, rooms=rooms, raw=raw,
+            how=Figure("before the cap", f"{raw}", MEASURED,
+                       f"{racks} racks × {per_rack.value} yuan ({marked(per_rack)})")))
     return awards

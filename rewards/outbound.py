@@ -25,9 +25,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from jinsuan.contract.money import to_fen
-from rewards.caps import cap_room, double_support
-from rewards.centres import accepted, declared, marked
+from rewards.centres import CapRooms, accepted, award, declared, marked
 from rewards.inputs import DECLARED, MEASURED, Award, Declaration, Figure, Inputs
 from rewards.policy import Policy
 
@@ -83,20 +81,12 @@ def assess_outbound(inputs: Inputs, policy: Policy) -> list[Award]:
                 reasons.append(f"not eligible: declared {contracts}, metered {metered}; the"
                                f" unmetered {unmetered} is more than {unmetered_share.value} of"
                                f" the declared amount ({allowed})")
-        amount = Decimal("0.00")
-        refusal = double_support(inputs, MEASURE, enterprise)
-        if not reasons and refusal:
-            reasons.append(refusal)
-        elif not reasons:
-            raw = contracts * rate.value  # type: ignore[operator]
-            room, cap_detail = cap_room(inputs, MEASURE, enterprise, None, cap)
-            amount = to_fen(min(raw, room))
-            figures += [Figure("before the cap", f"{raw}", DECLARED,
-                               f"{contracts} declared × {rate.value} ({marked(rate)})"),
-                        Figure("cap left", f"{room}", marked(cap), cap_detail)]
-            reasons.append("capped" if raw > room else "eligible")
-        awards.append(Award(MEASURE, enterprise, None, amount, amount > 0, tuple(reasons),
-                            tuple(figures), assumptions))
+        raw = contracts * rate.value  # type: ignore[operator]
+        awards.append(award(
+            inputs, MEASURE, enterprise, None, reasons=reasons, figures=figures,
+            assumptions=assumptions, rooms=CapRooms(inputs, MEASURE, cap), raw=raw,
+            how=Figure("before the cap", f"{raw}", DECLARED,
+                       f"{contracts} declared × {rate.value} ({marked(rate)})")))
     return awards
 
 

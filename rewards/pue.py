@@ -23,12 +23,12 @@ from collections import defaultdict
 from datetime import date
 from decimal import Decimal
 
-from jinsuan.contract.money import to_fen
 from jinsuan.contract.policytime import days_bounds, hours_in
-from rewards.caps import double_support
 from rewards.centres import (
     CapRooms,
+    award,
     centres,
+    marked,
     most_racks,
     new_centre,
     paid_before,
@@ -57,22 +57,13 @@ def assess_pue(inputs: Inputs, policy: Policy) -> list[Award]:
         figures, reasons = _centre(inputs, window, hours_in(start, end), enterprise, centre,
                                    sites, rows, params)
         racks = most_racks(sites, rows)
-        room, cap_figure = rooms.left(enterprise, centre)
-        figures.append(cap_figure)
-        refusal = double_support(inputs, MEASURE, enterprise)
-        amount = Decimal("0.00")
-        if not reasons and refusal:
-            reasons.append(refusal)
-        elif not reasons:
-            raw = racks * params["per_rack"].value  # type: ignore[operator]
-            amount = to_fen(min(raw, room))
-            rooms.take(enterprise, centre, amount)
-            figures.append(Figure("before the cap", f"{raw}", MEASURED,
-                                  f"{racks} racks × {params['per_rack'].value} yuan"))
-            reasons.append("capped: the enterprise's cap is reached" if amount < raw
-                           else "eligible")
-        awards.append(Award(MEASURE, enterprise, centre, amount, amount > 0, tuple(reasons),
-                            tuple(figures), assumptions))
+        per_rack = params["per_rack"]
+        raw = racks * per_rack.value  # type: ignore[operator]
+        awards.append(award(
+            inputs, MEASURE, enterprise, centre, reasons=reasons, figures=figures,
+            assumptions=assumptions, rooms=rooms, raw=raw,
+            how=Figure("before the cap", f"{raw}", MEASURED,
+                       f"{racks} racks × {per_rack.value} yuan ({marked(per_rack)})")))
     return awards
 
 

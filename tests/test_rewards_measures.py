@@ -211,7 +211,7 @@ def test_4_the_enterprise_cap_is_shared_by_its_centres() -> None:
     assert award_of(awards, "Alpha", "大同二号").amount == Decimal("5000.00")
     taiyuan = award_of(awards, "Alpha", "太原一号")
     assert taiyuan.amount == Decimal("5000.00")
-    assert taiyuan.reasons == ("capped: the enterprise's cap is reached",)
+    assert taiyuan.reasons == ("capped",)
 
 
 # --- properties -------------------------------------------------------------------------------
