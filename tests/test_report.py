@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
 
-from dashboards.report import ReportError, parse_month, write_report
-from dashboards.report.fonts import FONT_ENV, find_cjk_font, no_missing_glyphs
+from dashboards.report import parse_month, write_report
 from jinsuan.cli import app
+from jinsuan.kernel.pdf.fonts import FONT_ENV, NoCjkFont, find_cjk_font, no_missing_glyphs
 from tests import simulated_fleet
 
 JUNE = parse_month("2025-06")
@@ -40,7 +40,7 @@ READONLY_SQL = ROOT / "deploy" / "postgres" / "grafana-readonly.sql"
 def _cjk_font_or_skip() -> None:
     try:
         find_cjk_font()
-    except ReportError as exc:
+    except NoCjkFont as exc:
         pytest.skip(f"no CJK font on this machine ({exc})")
 
 
@@ -72,9 +72,9 @@ def test_a_font_without_chinese_glyphs_is_refused_saying_how_to_fix_it() -> None
     from matplotlib import font_manager
 
     latin = font_manager.findfont("DejaVu Sans")
-    with pytest.raises(ReportError, match=r"has no glyphs for .*fonts-wqy-microhei"):
+    with pytest.raises(NoCjkFont, match=r"has no glyphs for .*fonts-wqy-microhei"):
         find_cjk_font({FONT_ENV: latin})
-    with pytest.raises(ReportError, match="not a font file"):
+    with pytest.raises(NoCjkFont, match="not a font file"):
         find_cjk_font({FONT_ENV: "/nonexistent/font.ttf"})
 
 
@@ -84,7 +84,7 @@ def test_drawing_a_missing_glyph_is_an_error_not_a_box(tmp_path: Path) -> None:
     figure = Figure()
     figure.text(0.5, 0.5, "太原")
     with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}), \
-            pytest.raises(ReportError, match=r"empty box.*fonts-wqy-microhei"), \
+            pytest.raises(NoCjkFont, match=r"empty box.*fonts-wqy-microhei"), \
             no_missing_glyphs():
         figure.savefig(tmp_path / "tofu.png")
 

@@ -32,10 +32,10 @@ from jinsuan.cli.rewards import rewards_app
 from jinsuan.contract.policytime import year_bounds
 from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.errors import Unavailable
+from jinsuan.kernel.pdf.fonts import FONT_ENV, find_cjk_font
 from jinsuan.kernel.sites import create_site
 from rewards import exports
 from rewards.policy import POLICIES, in_force
-from rewards.report import FONT_ENV, cjk_family
 from rewards.store import assess
 
 YEAR = 2025
@@ -272,7 +272,7 @@ def _pdf_text(content: bytes) -> list[str]:
 
 def _font_or_skip() -> None:
     try:
-        cjk_family()
+        find_cjk_font()
     except Unavailable as exc:
         pytest.skip(f"no CJK font on this machine ({exc.reason})")
 

@@ -41,9 +41,9 @@ from typer.testing import CliRunner
 from jinsuan.contract.policytime import SHANGHAI
 from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.errors import Unavailable
+from jinsuan.kernel.pdf.fonts import find_cjk_font
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
-from rewards.report import cjk_family
 from rewards.vouchers import drawing, issuing, settling
 from scheduler.usage import record_adjustment
 
@@ -321,7 +321,7 @@ def _pdf_text(content: bytes) -> str:
 
 def _font_or_skip() -> None:
     try:
-        cjk_family()
+        find_cjk_font()
     except Unavailable as exc:
         pytest.skip(f"no CJK font on this machine ({exc.reason})")
 

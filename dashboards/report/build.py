@@ -16,13 +16,10 @@ from dashboards import grafana
 from dashboards.report import sections
 from dashboards.report.canvas import Report
 from dashboards.report.figures import ENERGY, fetch
-from dashboards.report.fonts import CjkFont, find_cjk_font, no_missing_glyphs
-from dashboards.report.layout import Document
 from dashboards.report.month import Month
 from jinsuan.contract.policytime import SHANGHAI
-
-STYLE = {"pdf.fonttype": 42,  # TrueType in the PDF: real text, searchable and extractable
-         "axes.labelsize": 8, "axes.edgecolor": "#8e949c", "axes.labelcolor": "#1f2328"}
+from jinsuan.kernel.pdf.fonts import CjkFont, find_cjk_font, no_missing_glyphs
+from jinsuan.kernel.pdf.layout import STYLE, Document
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from dashboards.report.figures import MonthFigures
-from dashboards.report.layout import Document, display_width
 from dashboards.report.month import Month
+from jinsuan.kernel.pdf.layout import Document, display_width
 
 CHART_HEIGHT = 3.0
 

@@ -17,9 +17,9 @@ from dashboards import grafana
 from dashboards.report import charts
 from dashboards.report.canvas import Report
 from dashboards.report.figures import ENERGY, PROVINCE, SCHEDULING, number
-from dashboards.report.layout import Column
 from dashboards.report.month import Month
 from jinsuan.contract.policytime import SHANGHAI
+from jinsuan.kernel.pdf.layout import Column
 
 WARNING = "#8a1c1c"
 MUTED = "#5a6270"

@@ -45,6 +45,7 @@ def report(
     import psycopg
 
     from dashboards.report import ReportError, parse_month, write_report
+    from jinsuan.kernel.pdf.fonts import NoCjkFont
     from jinsuan.kernel.settings import Settings
 
     try:
@@ -56,7 +57,7 @@ def report(
         with _read_only(Settings(run_background_jobs=False)) as (conn, source):
             written = write_report(conn, parsed, out, source=source,
                                    chosen={"city": city} if city else None)
-    except ReportError as exc:
+    except (ReportError, NoCjkFont) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     except psycopg.errors.UndefinedTable as exc:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from openpyxl.worksheet.worksheet import Worksheet
 
-    from rewards.report import Column
+    from jinsuan.kernel.pdf.layout import Column
 
 Format = Literal["csv", "xlsx", "pdf"]
 MEDIA_TYPES: dict[str, str] = {"csv": CSV_TYPE, "xlsx": XLSX_TYPE, "pdf": PDF_TYPE}
@@ -241,23 +241,16 @@ def statement_pdf(statement: Statement, *, generated: datetime) -> bytes:
     import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
 
-    from rewards.report import (
-        ACCENT,
-        DRAWING,
-        MUTED,
-        STYLE,
-        Column,
-        Pages,
-        cjk_family,
-        display_width,
-        no_missing_glyphs,
-    )
+    from jinsuan.kernel.pdf.fonts import DRAWING, find_cjk_font, no_missing_glyphs
+    from jinsuan.kernel.pdf.layout import ACCENT, MUTED, STYLE, Column, Document, display_width
+    from rewards.report import LEGEND_ROOM
 
-    family = cjk_family()
+    family = find_cjk_font().family
     when = generated.astimezone(SHANGHAI)
     with DRAWING, matplotlib.rc_context({**STYLE, "font.family": [family, "DejaVu Sans"]}), \
             no_missing_glyphs():
-        doc = Pages()
+        doc = Document(f"晋算 jinsuan · voucher statement · {statement.party} · "
+                       f"generated {when:%Y-%m-%d %H:%M} Beijing time")
         doc.y += 0.3
         doc.paragraph("晋算 jinsuan · compute vouchers (算力券, measure 9)", size=11,
                       color=MUTED)
@@ -275,7 +268,8 @@ def statement_pdf(statement: Statement, *, generated: datetime) -> bytes:
             labels = [label for label, _ in bars]
             doc.subheading(statement.bars_title, keep=1.5)
             doc.chart(_bar_chart(bars), min(1.0 + 0.32 * len(bars), 6.0),
-                      0.3 + max(map(display_width, labels)) * 0.058)
+                      left=0.3 + max(map(display_width, labels)) * 0.058,
+                      legend_room=LEGEND_ROOM)
         for table in statement.tables:
             rows = [line for line in statement.lines if line[0] in table.kinds]
             doc.subheading(table.heading)
@@ -289,15 +283,14 @@ def statement_pdf(statement: Statement, *, generated: datetime) -> bytes:
                     "Subject": f"Compute vouchers, {statement.period}",
                     "Creator": "jinsuan rewards", "CreationDate": when}
         with PdfPages(out, metadata=metadata) as pdf:
-            for page in doc.finish(f"晋算 jinsuan · voucher statement · {statement.party} · "
-                                   f"generated {when:%Y-%m-%d %H:%M} Beijing time"):
+            for page in doc.finish():
                 pdf.savefig(page)
     return out.getvalue()
 
 
 def _column(at: int, name: str, width: float) -> Column:
     """A PDF table column showing the cell ``at`` of each line; amounts and ids to the right."""
-    from rewards.report import Column
+    from jinsuan.kernel.pdf.layout import Column
 
     right = name.endswith("(yuan)") or name in ("voucher", "usage record", "ledger entry",
                                                  "settlement")
@@ -318,7 +311,7 @@ def _bar_chart(bars: Sequence[tuple[str, Decimal]]) -> Callable[[Axes], None]:
     """One bar per label, first at the top, each labelled with its exact amount."""
     from matplotlib.ticker import FuncFormatter
 
-    from rewards.report import ACCENT, GRID, INK
+    from jinsuan.kernel.pdf.layout import ACCENT, GRID, INK
 
     def draw(ax: Axes) -> None:
         places = list(range(len(bars)))[::-1]

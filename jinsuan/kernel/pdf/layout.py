@@ -25,7 +25,10 @@ MUTED = "#5a6270"
 RULE = "#c7cbd1"
 STRIPE = "#f3f5f7"
 ACCENT = "#1f4e8c"
+GRID = "#d8d9da"
 POINTS_PER_INCH = 72
+STYLE = {"pdf.fonttype": 42,  # TrueType in the PDF: real text, searchable and extractable
+         "axes.labelsize": 8, "axes.edgecolor": "#8e949c", "axes.labelcolor": INK}
 
 
 def display_width(text: str) -> int:
@@ -53,7 +56,7 @@ def wrap(text: str, size: float, width_in: float) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Column:
     title: str
-    cell: Callable[[dict[str, Any]], str]
+    cell: Callable[[Any], str]
     width: float  # share of the table's width
     align: str = "left"
 
@@ -87,9 +90,10 @@ class Document:
         self.page.text(x / PAGE_W, 1 - y / PAGE_H, text, va="top", **kwargs)
 
     def heading(self, text: str, size: float = 15) -> None:
-        self._room(size / POINTS_PER_INCH * 2 + 1.5)  # never alone at the foot of a page
-        self._text(MARGIN_X, self.y, text, fontsize=size, color=ACCENT)
-        self.y += size / POINTS_PER_INCH * 1.5
+        for line in wrap(text, size, WIDTH):
+            self._room(size / POINTS_PER_INCH * 2 + 1.5)  # never alone at the foot of a page
+            self._text(MARGIN_X, self.y, line, fontsize=size, color=ACCENT)
+            self.y += size / POINTS_PER_INCH * 1.5
         self.page.add_artist(_rule(self.y, ACCENT, 1.0))
         self.y += 0.15
 
@@ -153,7 +157,7 @@ class Document:
             self.paragraph(caption, size=7.5, color=MUTED)
         self.y += 0.1
 
-    def table(self, columns: Sequence[Column], rows: Sequence[dict[str, Any]],
+    def table(self, columns: Sequence[Column], rows: Sequence[Any],
               size: float = 7.5) -> None:
         step = size / POINTS_PER_INCH * 1.9
         self._table_header(columns, size, step)
