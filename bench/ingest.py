@@ -1,15 +1,16 @@
 """End-to-end ingest throughput against a raw COPY baseline, measured in the same run.
 
 What it measures: signed, gzip'd report batches from several agents (one sender thread each,
-one report in flight per agent, as real agents send), posted over HTTP on loopback to a real
-platform process (``jinsuan serve``), verified, validated and written with COPY into a fresh
+one report in flight per agent, as real agents send; each body signed and gzip'd by the agent's
+own ``agents.uploader.seal``), posted over HTTP on loopback to a real platform process
+(``jinsuan serve``), verified, validated and written with COPY, their bodies kept, into a fresh
 PostgreSQL database. A *sample* is one value of one series at one time (Prometheus' meaning).
-The baseline is a binary COPY of the same rows (same series ids and values, timestamps a day
-earlier so they land in a partition of their own) into the same table of the same database,
-from this process: one COPY per agent's rows, each in one transaction on a connection of its
-own, all at once (the parallelism the intake gets from the agents), encoded by the intake's
-own encoder (``collectors.writer.encode_samples``, struct-packed binary rows written with
-``copy.write``): the store's own ceiling. The figure that matters is the ratio.
+The baseline is a binary COPY of the same rows (same series ids, values and report id column,
+timestamps a day earlier so they land in a partition of their own) into the same table of the
+same database, from this process: one COPY per agent's rows, each in one transaction on a
+connection of its own, all at once (the parallelism the intake gets from the agents), encoded
+by the intake's own encoder (``collectors.writer.encode_samples``, struct-packed binary rows
+written with ``copy.write``): the store's own ceiling. The figure that matters is the ratio.
 
 Each round posts new batches end to end, then copies the same rows raw; rounds alternate so
 that load from other processes on a shared machine hits both sides alike. Every round is
@@ -17,6 +18,11 @@ printed, then the medians. Batches are built and signed before the clock starts,
 agents' own cost (measured in bench/agent.py) does not count against the platform's. The CPU
 time of this process (the senders) and of the platform process during the end-to-end phase
 is printed too, to show which one is the bottleneck.
+
+At the end, after ``VACUUM``, what the store holds per end-to-end sample: the samples table
+(heap and indexes; its rows are end-to-end and baseline rows alike, so per row; on TimescaleDB
+also the end-to-end rows' chunks once compressed), and the ``reports`` rows and kept bodies
+(``report_bodies``, TOAST and index included) per sample the reports carried.
 
     python bench/ingest.py [--sites 4] [--accelerators 256] [--cycles-per-batch 6]
                            [--batches 12] [--rounds 3]
@@ -28,7 +34,6 @@ run and dropped after it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import socket
 import statistics
@@ -46,6 +51,7 @@ import httpx
 import psycopg
 
 from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
+from agents.uploader import seal, unseal
 from collectors.validation import Samples
 from collectors.writer import COPY_SAMPLES, encode_samples
 from jinsuan.contract import signing
@@ -113,8 +119,8 @@ def _plan(agent_id: str, site_id: int, key, site: SimulatedSite, start: datetime
                 inventory=inventory,
                 series=[Series(metric=m, device=d, points=pts) for (m, d), pts in points.items()],
             )
-            body = batch.model_dump_json().encode()
-            bodies.append((gzip.compress(body, 1), signing.sign(key, body), batch.sample_count()))
+            sealed = unseal(seal(agent_id, key, batch.model_dump_json().encode()))
+            bodies.append((sealed.gzip_body, sealed.signature, batch.sample_count()))
             samples.append(Samples.of(batch.series))
         plan.bodies.append(bodies)
         plan.samples.append(samples)
@@ -159,11 +165,14 @@ def _end_to_end(base: str, plans: list[Plan], rnd: int, server_pid: int) -> tupl
     return wall, time.process_time() - client_cpu, _cpu_seconds(server_pid) - server_cpu
 
 
-def _baseline_rows(url: str, plans: list[Plan], rnd: int) -> list[tuple[list[int], Samples]]:
-    """Round ``rnd``'s rows per agent: series ids and columns, timestamps a day earlier."""
+def _baseline_rows(url: str, plans: list[Plan],
+                   rnd: int) -> list[tuple[list[int], Samples, int]]:
+    """Round ``rnd``'s rows per agent: series ids, columns (timestamps a day earlier) and the
+    agent's latest report id, so that each row is the size of the intake's."""
     with psycopg.connect(url) as conn:
         ids = {(site, m, d): i for site, m, d, i in
                conn.execute("SELECT site_id, metric, device, id FROM series")}
+        reports = dict(conn.execute("SELECT agent_id, max(id) FROM reports GROUP BY 1"))
     rows = []
     for plan in plans:
         series_ids: list[int] = []
@@ -176,19 +185,20 @@ def _baseline_rows(url: str, plans: list[Plan], rnd: int) -> list[tuple[list[int
             columns.counts.extend(samples.counts)
             columns.times.extend(t - 86_400_000 for t in samples.times)
             columns.values.extend(samples.values)
-        rows.append((series_ids, columns))
+        rows.append((series_ids, columns, reports[plan.agent_id]))
     return rows
 
 
-def _raw_copy(url: str, rows: list[tuple[list[int], Samples]]) -> float:
+def _raw_copy(url: str, rows: list[tuple[list[int], Samples, int]]) -> float:
     """Seconds to encode and COPY each agent's rows at once, each on its own connection."""
     connections = [psycopg.connect(url) for _ in rows]
     start = threading.Barrier(len(rows) + 1)
 
-    def load(conn: psycopg.Connection, series_ids: list[int], samples: Samples) -> None:
+    def load(conn: psycopg.Connection, series_ids: list[int], samples: Samples,
+             report_id: int) -> None:
         start.wait()
         with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
-            copy.write(encode_samples(series_ids, samples))
+            copy.write(encode_samples(series_ids, samples, report_id))
 
     threads = [threading.Thread(target=load, args=(conn, *r))
                for conn, r in zip(connections, rows, strict=True)]
@@ -203,6 +213,39 @@ def _raw_copy(url: str, rows: list[tuple[list[int], Samples]]) -> float:
     finally:
         for conn in connections:
             conn.close()
+
+
+def _bytes_per_sample(url: str, timescale: bool, end_to_end: int, since: datetime) -> None:
+    """Print what the store holds per sample, after ``VACUUM``; ``since`` is the first
+    end-to-end sample's time."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        rows = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+        samples = conn.execute(
+            "SELECT hypertable_size('samples')" if timescale else
+            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')"
+        ).fetchone()[0]
+        reports, bodies = conn.execute(
+            "SELECT pg_total_relation_size('reports'),"
+            " pg_total_relation_size('report_bodies')").fetchone()
+        if timescale:  # the daily chunks holding end-to-end rows (and no others, but for a
+            # run that crosses midnight UTC), compressed
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('samples') c")
+            first = conn.execute(
+                "SELECT min(range_start) FROM timescaledb_information.chunks"
+                " WHERE hypertable_name = 'samples' AND range_end > %s", (since,)).fetchone()[0]
+            compressed = conn.execute(
+                "SELECT sum(after_compression_total_bytes) FROM chunk_compression_stats('samples')"
+                " s JOIN timescaledb_information.chunks c ON c.chunk_name = s.chunk_name"
+                " WHERE c.range_start >= %s", (first,)).fetchone()[0]
+            compressed_rows = conn.execute("SELECT count(*) FROM samples WHERE ts >= %s",
+                                           (first,)).fetchone()[0]
+    print(f"store after VACUUM: samples {samples / rows:.2f} bytes/sample ({rows:,} rows);"
+          f" reports {reports / end_to_end:.2f} and kept bodies {bodies / end_to_end:.2f}"
+          f" bytes per end-to-end sample ({end_to_end:,})")
+    if timescale:
+        print(f"samples once compressed: {compressed / compressed_rows:.2f} bytes/sample"
+              f" ({compressed_rows:,} rows of the chunks the end-to-end rows are in)")
 
 
 def main() -> None:
@@ -233,6 +276,7 @@ def main() -> None:
                 # Partitions for the bench's hours and the baseline's, outside the timing.
                 today = datetime.now(UTC).date()
                 db.partitions.ensure(conn, [today - timedelta(days=d) for d in range(3)])
+            timescale = db.timescale
             db.close()
 
             env = dict(os.environ, DATABASE_URL=url, JINSUAN_RUN_BACKGROUND_JOBS="false",
@@ -268,11 +312,12 @@ def main() -> None:
                 plans.append(_plan(enrolled.agent_id, enrolled.site_id, key, site, start, args))
 
             rounds = []
-            stored = 0
+            stored = sent = 0
             for rnd in range(args.rounds):
                 total = sum(s for p in plans for _, _, s in p.bodies[rnd])
                 e2e_s, client_cpu, server_cpu = _end_to_end(base, plans, rnd, server.pid)
                 stored += total
+                sent += total
                 with psycopg.connect(url) as conn:
                     count = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
                 assert count == stored, f"{count} samples stored, {stored} sent"
@@ -285,6 +330,7 @@ def main() -> None:
                       f"agents; end to end {e2e:,.0f}/s ({e2e_s:.2f} s; CPU: platform "
                       f"{server_cpu:.2f} s, senders {client_cpu:.2f} s), raw COPY {raw:,.0f}/s "
                       f"({raw_s:.2f} s), ratio {e2e / raw:.2f}", flush=True)
+            _bytes_per_sample(url, timescale, sent, start)
 
         e2e, raw, ratio = (statistics.median(r[i] for r in rounds) for i in range(3))
         print(f"median of {args.rounds} rounds:")

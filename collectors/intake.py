@@ -4,7 +4,8 @@ The checks run in this order, each cheaper than the next or needed by it: body s
 and after gunzip, the latter with a bounded decompressor so a gzip bomb costs at most
 ``max_body_bytes`` of memory) → agent header → the agent's public key (cached per process) →
 Ed25519 signature over the uncompressed bytes → parse and validate → agent id in the body
-equals the header's → the write (``collectors.writer``).
+equals the header's → the write (``collectors.writer``), which keeps the signed bytes as one
+gzip member (:func:`kept_body`) in the report's transaction.
 
 Parsing takes the fast path for a well-formed, valid batch: the body is parsed once with the
 same JSON parser pydantic uses (``pydantic_core.from_json``), everything but the series is
@@ -20,6 +21,7 @@ failed) that it should.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import operator
@@ -133,6 +135,14 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
     return out
 
 
+def kept_body(raw: bytes, encoding: str, body: bytes) -> bytes:
+    """The evidence kept of a report: one gzip member whose content is exactly ``body``, the
+    bytes the signature covers. A gzip'd request is that already (``gunzip_bounded`` refused
+    anything after its one member), and is kept as sent at no cost; a plain one is compressed
+    as agents compress (level 6)."""
+    return raw if encoding == "gzip" else gzip.compress(body, compresslevel=6, mtime=0)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
@@ -231,11 +241,13 @@ class Intake:
             if problem is not None:
                 raise Rejected(problem.rule.value, problem.error())
             samples = Samples.of(batch.series)
+        evidence = kept_body(raw, encoding, body)
         with pool.connection() as conn:  # held for the write only, not for the checks
             try:
                 written = self.writer.write(
                     conn, batch, samples, site_id=key.site_id,
                     body_sha256=hashlib.sha256(body).digest(), signature=signature,
+                    body_gzip=evidence,
                 )
             except Unauthenticated as exc:
                 self.keys.forget(agent_id)

@@ -1,5 +1,6 @@
-"""The platform's background jobs: hourly rollups, the upkeep of raw-sample partitions, and
-the ledger's signed checkpoints.
+"""The platform's background jobs: hourly rollups, the upkeep of raw-sample partitions (and
+the retention of the report bodies that carried the samples), and the ledger's signed
+checkpoints.
 
 Every platform process runs them; the rollup takes a PostgreSQL advisory lock so that only
 one process computes at a time (the others skip that tick), and partition upkeep is
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from collectors.evidence import drop_expired_bodies
 from collectors.rollup import run_rollups
 from jinsuan.kernel import ledger
 from jinsuan.kernel.platform import Platform
@@ -40,14 +42,18 @@ class BackgroundJobs(BackgroundScheduler):
 
 
 def maintain_partitions(db: Database, retention_days: int, today: datetime | None = None) -> None:
-    """Create today's and the next days' sample partitions; drop those past retention."""
+    """Create today's and the next days' sample partitions; drop those past retention, and the
+    report bodies whose samples they held."""
     day = (today or datetime.now(UTC)).date()
     with db.pool.connection() as conn:
         db.partitions.ensure(conn, [day + timedelta(days=d)
                                     for d in range(PARTITIONS_AHEAD_DAYS + 1)])
         dropped = db.partitions.apply_retention(conn, retention_days, day)
+        bodies = drop_expired_bodies(conn, retention_days, day)
     if dropped:
         log.info("retention: dropped raw-sample partitions %s", ", ".join(dropped))
+    if bodies:
+        log.info("retention: dropped %d report bodies", bodies)
 
 
 def checkpoint_ledger(db: Database, settings: Settings) -> None:

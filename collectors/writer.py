@@ -8,10 +8,13 @@ One transaction does everything, in this order:
 2. update the agent's ``last_seq``/``last_report_at``, refusing an agent revoked meanwhile
    (a seq already stored is a duplicate only with the same body: another body under it is a
    ``SeqConflict``);
-3. resolve series ids (a per-process cache, misses upserted);
-4. ``COPY`` the samples in binary format (encoded here, see :func:`encode_samples`);
-5. upsert the inventory when its hash changed since the agent's last report;
-6. mark the touched ``(site, hour)`` pairs dirty for the rollups.
+3. keep the signed body (``report_bodies``), so that an acknowledged report always has its
+   evidence (``collectors.evidence`` checks it again);
+4. resolve series ids (a per-process cache, misses upserted);
+5. ``COPY`` the samples in binary format, each naming the report's id (encoded here, see
+   :func:`encode_samples`);
+6. upsert the inventory when its hash changed since the agent's last report;
+7. mark the touched ``(site, hour)`` pairs dirty for the rollups.
 
 Rows that several transactions may lock (series, inventory, dirty hours) are always written in
 sorted order, so concurrent batches of one site cannot deadlock. The daily partitions the
@@ -40,16 +43,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
-# One row: field count 3, then each field as its byte length and big-endian value. The fixed
-# parts are packed as 6- and 4-byte strings: fewer arguments to convert per row.
-_ROW = struct.Struct(">6sq4si4sd")
-_FIELDS_AND_TS_LENGTH = struct.pack(">hi", 3, 8)
+# One row: field count 4, then each field as its byte length and big-endian value. The fixed
+# parts are packed as strings: fewer arguments to convert per row. The last field, the report's
+# id, is the same for every row of a batch, so it is packed once: 12 bytes, or 4 for NULL.
+_ROW = struct.Struct(">6sq4si4sd12s")
+_ROW_NO_REPORT = struct.Struct(">6sq4si4sd4s")
+_FIELDS_AND_TS_LENGTH = struct.pack(">hi", 4, 8)
 _INT4_LENGTH = struct.pack(">i", 4)
 _FLOAT8_LENGTH = struct.pack(">i", 8)
+_NULL = struct.pack(">i", -1)
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 
-COPY_SAMPLES = "COPY samples (ts, series_id, value) FROM STDIN (FORMAT BINARY)"
+COPY_SAMPLES = "COPY samples (ts, series_id, value, report_id) FROM STDIN (FORMAT BINARY)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +66,12 @@ class Written:
 
 @dataclass(frozen=True, slots=True)
 class Touched:
-    """The UTC days (for partitions) and hours (for the rollups) a batch's samples fall in."""
+    """The UTC days (for partitions) and hours (for the rollups) a batch's samples fall in,
+    and its first and last sample's time (kept with its body)."""
 
     days: frozenset[date]
     hours: tuple[datetime, ...]
+    span: tuple[datetime, datetime] | None = None
 
     @classmethod
     def of(cls, samples: Samples) -> Touched:
@@ -77,8 +85,9 @@ class Touched:
         if not times:
             return cls(frozenset(), ())
         lo, hi = min(times), max(times)
+        span = (_EPOCH + timedelta(milliseconds=lo), _EPOCH + timedelta(milliseconds=hi))
         if lo // _HOUR_MS == hi // _HOUR_MS:
-            return cls(frozenset({_day(lo // _DAY_MS)}), (_hour(lo // _HOUR_MS),))
+            return cls(frozenset({_day(lo // _DAY_MS)}), (_hour(lo // _HOUR_MS),), span)
         days: set[int] = set()
         hours: set[int] = set()
         for _, _, start, stop in samples.spans():
@@ -88,7 +97,7 @@ class Touched:
             else:
                 days.update(t // _DAY_MS for t in times[start:stop])
             hours.update(range(first // _HOUR_MS, last // _HOUR_MS + 1))
-        return cls(frozenset(map(_day, days)), tuple(map(_hour, sorted(hours))))
+        return cls(frozenset(map(_day, days)), tuple(map(_hour, sorted(hours))), span)
 
 
 def _day(days_since_epoch: int) -> date:
@@ -168,11 +177,13 @@ class Writer:
         site_id: int,
         body_sha256: bytes,
         signature: str,
+        body_gzip: bytes,
     ) -> Written:
         """Store a checked report for the agent's site, or acknowledge it as a duplicate.
 
         ``batch`` gives the report's agent, seq, creation time and inventory; its samples are
         ``samples`` (``batch.series`` is not read: the intake's fast path leaves it empty).
+        ``body_gzip`` is one gzip member holding exactly the bytes the signature covers.
         Raises ``Unauthenticated`` when the agent was revoked; any database error leaves the
         store as it was (the transaction rolls back) and propagates.
         """
@@ -182,7 +193,7 @@ class Writer:
             inserted = conn.execute(
                 "INSERT INTO reports (agent_id, seq, created_at, samples, body_sha256, signature)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id, seq) DO NOTHING"
-                " RETURNING 1",
+                " RETURNING id",
                 (batch.agent_id, batch.seq, batch.created_at, len(samples), body_sha256,
                  signature),
             ).fetchone()
@@ -198,13 +209,19 @@ class Writer:
             ).fetchone()
             if agent is None:
                 raise Unauthenticated(f"agent {batch.agent_id!r} is revoked", field="agent_id")
+            report_id = inserted[0]
+            first, last = touched.span or (None, None)
+            conn.execute(  # a report without samples is kept as long as those received with it
+                "INSERT INTO report_bodies (report_id, first_ts, last_ts, body)"
+                " VALUES (%s, coalesce(%s, now()), coalesce(%s, now()), %b)",
+                (report_id, first, last, body_gzip))
             ids, fetched = self.series_ids.resolve(conn, site_id, samples)
             conn.execute(  # matches no row unless the agent's declared interval changed
                 "UPDATE series SET interval_s = %s WHERE id = ANY(%s)"
                 " AND interval_s IS DISTINCT FROM %s",
                 (batch.interval_s, sorted(set(ids)), batch.interval_s))
             with conn.cursor() as cur, cur.copy(COPY_SAMPLES) as copy:
-                copy.write(encode_samples(ids, samples))
+                copy.write(encode_samples(ids, samples, report_id))
             digest = inventory_sha256(batch.inventory)
             known_digest, seen_at = agent
             if (known_digest is None or bytes(known_digest) != digest or seen_at is None
@@ -247,23 +264,29 @@ def _check_same_body(conn: psycopg.Connection, batch: Batch, body_sha256: bytes)
             f" the first seq not stored is {row[1] + 1}", next_seq=row[1] + 1)
 
 
-def encode_samples(series_ids: Sequence[int], samples: Samples) -> bytes:
-    """Rows ``(ts, series_id, value)`` in PostgreSQL's binary COPY format, header to trailer.
+def encode_samples(
+    series_ids: Sequence[int], samples: Samples, report_id: int | None = None
+) -> bytes:
+    """Rows ``(ts, series_id, value, report_id)`` in PostgreSQL's binary COPY format (the
+    columns of :data:`COPY_SAMPLES`), header to trailer.
 
-    ``series_ids[i]`` is the id of the ``i``-th series of ``samples``. Each row is one
-    fixed-size ``struct`` pack, driven by ``map`` over the columns: no datetime objects and no
-    Python code per row. A batch's points share a few timestamps (one per sampling cycle), so
-    each distinct one is converted once. This is the format ``COPY ... (FORMAT BINARY)``
+    ``series_ids[i]`` is the id of the ``i``-th series of ``samples``; ``report_id`` is the
+    report that carried them (None: no report, as for samples a benchmark loads). Each row is
+    one fixed-size ``struct`` pack, driven by ``map`` over the columns: no datetime objects and
+    no Python code per row. A batch's points share a few timestamps (one per sampling cycle),
+    so each distinct one is converted once. This is the format ``COPY ... (FORMAT BINARY)``
     documents: a signature and two zero int32s, then per row an int16 field count and each
-    field as int32 length and big-endian value (timestamptz as int64 microseconds since
-    2000-01-01 UTC), then int16 -1.
+    field as int32 length (-1 for NULL) and big-endian value (timestamptz as int64
+    microseconds since 2000-01-01 UTC), then int16 -1.
     """
     micros = {ms: (ms - _PG_EPOCH_MS) * 1000 for ms in set(samples.times)}
+    row, report = ((_ROW_NO_REPORT, _NULL) if report_id is None
+                   else (_ROW, struct.pack(">iq", 8, report_id)))
     rows = map(
-        _ROW.pack,
+        row.pack,
         repeat(_FIELDS_AND_TS_LENGTH), map(micros.__getitem__, samples.times),
         repeat(_INT4_LENGTH), chain.from_iterable(map(repeat, series_ids, samples.counts)),
-        repeat(_FLOAT8_LENGTH), samples.values,
+        repeat(_FLOAT8_LENGTH), samples.values, repeat(report),
     )
     return b"".join(chain((_COPY_HEADER,), rows, (_COPY_TRAILER,)))
 

@@ -10,6 +10,7 @@ import typer
 
 from jinsuan.cli.admin import keys_app, sites_app
 from jinsuan.cli.agent import agent_app
+from jinsuan.cli.evidence import evidence_app
 from jinsuan.cli.job import job_app
 from jinsuan.cli.ledger import ledger_app
 from jinsuan.cli.report import report
@@ -29,6 +30,7 @@ app.command()(report)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
 app.add_typer(agent_app, name="agent")
+app.add_typer(evidence_app, name="evidence")
 app.add_typer(job_app, name="job")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(rewards_app, name="rewards")

@@ -21,6 +21,12 @@ def partition_name(day: date) -> str:
     return f"samples_{day:%Y%m%d}"
 
 
+def retained_from(keep_days: int, today: date) -> datetime:
+    """The first moment of raw data kept: midnight UTC ``keep_days`` before ``today``. Raw
+    samples before it are dropped, and with them the report bodies that carried them."""
+    return datetime.combine(today - timedelta(days=keep_days), time(), UTC)
+
+
 class Partitions:
     """Creates daily partitions on demand; remembers which exist to keep the hot path cheap."""
 
@@ -55,13 +61,13 @@ class Partitions:
         TimescaleDB chunks) dropped. Done here on every call rather than by a TimescaleDB
         retention policy, so that a changed ``keep_days`` takes effect at once, on both
         flavours, by one rule."""
+        oldest = retained_from(keep_days, today)
         if self.timescale:
             rows = conn.execute(
-                "SELECT drop_chunks('samples', older_than => %s::timestamptz)",
-                (datetime.combine(today - timedelta(days=keep_days), time(), UTC),),
+                "SELECT drop_chunks('samples', older_than => %s::timestamptz)", (oldest,),
             ).fetchall()
             return [str(name) for (name,) in rows]
-        cutoff = partition_name(today - timedelta(days=keep_days))
+        cutoff = partition_name(oldest.date())
         rows = conn.execute(
             "SELECT c.relname FROM pg_inherits i"
             " JOIN pg_class c ON c.oid = i.inhrelid"
