@@ -1,9 +1,10 @@
 """The bureau's read API: sites, their latest state and inventory, and the hourly rollups.
 
 Who sees what: bureau and admin keys see every site; an operator key sees only its own
-enterprise's sites (lists are filtered, a named site of another enterprise is 403); a
-dispatcher key may list sites and nothing else here. Energy figures (kWh, PUE from the
-rollups) are PostgreSQL ``numeric`` and travel as decimal strings, so sums stay exact.
+enterprise's sites (lists are filtered; a named site of another enterprise is answered as
+missing, 404); a dispatcher key may list sites and nothing else here. Energy figures (kWh,
+PUE from the rollups) are PostgreSQL ``numeric`` and travel as decimal strings, so sums stay
+exact.
 """
 
 from __future__ import annotations
