@@ -111,7 +111,7 @@ class WorkerSettings(BaseModel):
     kind: str
     max_runs: int = Field(default=4, ge=0, description="Runs held at once, at most.")
     heartbeat_s: float = Field(
-        default=10.0, gt=0, description="Lease requests this often (and at ttl/3 at the latest)."
+        default=10.0, gt=0, description="Lease requests this often (and at ttl/4 at the latest)."
     )
     request_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
@@ -284,9 +284,7 @@ class LeaseWorker:
                 self.step()
             except Exception:  # one bad heartbeat must not end the loop; the next may work
                 log.exception("lease heartbeat failed")
-            interval = self.heartbeat_s
-            if self.lease_ttl_s is not None:
-                interval = min(interval, self.lease_ttl_s / 3)
+            interval = heartbeat_interval(self.heartbeat_s, self.lease_ttl_s)
             self.clock.wait(self._stop, interval - (self.clock.monotonic() - started))
 
     def stop(self) -> None:
@@ -520,6 +518,12 @@ class LeaseWorker:
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), UTC)
+
+
+def heartbeat_interval(heartbeat_s: float, lease_ttl_s: float | None) -> float:
+    """Seconds between lease requests: ``heartbeat_s``, and at most a quarter of the lease TTL
+    the platform last gave, so three requests can be late or lost before a lease lapses."""
+    return heartbeat_s if lease_ttl_s is None else min(heartbeat_s, lease_ttl_s / 4)
 
 
 def check_worker_section(

@@ -17,9 +17,18 @@
    submitters against a trivial endpoint served by uvicorn the same way (so the client is
    known not to be the limit: its rate there, and its capacity at 4× the rate), and the round
    trip of the submit POST itself.
+3. **Failover with the default settings.** A platform process with the scheduler's defaults
+   and the 200 sites' agents behaving as ``agents.worker`` does with its defaults (a signed
+   lease request every ``heartbeat_interval``, held runs renewed, a new run reported running
+   at once, at most ``max_runs`` held). Two jobs pinned to each site run; then one site's agent
+   dies (its lease loop stops; its telemetry goes on). Figure: from the dead agent's last lease
+   request, as the platform received it, to each of its jobs reported running at another site.
+   Baseline: submit → running of the same jobs when first submitted, same agents and cycle. Also
+   counted: runs lost at the sites that stayed alive (false failovers; 0 expected).
 
     python bench/scheduler.py [--jobs 50000] [--sites 200] [--tenants 20] [--rate 500]
                               [--seconds 10] [--wait-s 10] [--poll-s 0] [--skip-placement]
+                              [--skip-latency] [--skip-failover] [--failover-ttl S]
 
 PostgreSQL: $JINSUAN_BENCH_PG (an admin URL) or 127.0.0.1:5432; databases are created for the
 run and dropped after it.
@@ -38,6 +47,7 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 
 import argparse
 import http.client
+import json
 import multiprocessing
 import os
 import random
@@ -54,7 +64,17 @@ from decimal import Decimal
 import httpx
 import psycopg
 
-from jinsuan.contract.leasewire import AGENT_HEADER, LEASES_PATH, SIGNATURE_HEADER, LeaseRequest
+from agents.worker import WorkerSettings, heartbeat_interval
+from jinsuan.contract.leasewire import (
+    AGENT_HEADER,
+    LEASES_PATH,
+    SIGNATURE_HEADER,
+    HeldRun,
+    LeaseReply,
+    LeaseRequest,
+    RunEvent,
+    run_events_path,
+)
 from jinsuan.contract.signing import new_private_key, private_key_bytes, public_key_b64, sign
 from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.settings import Settings
@@ -62,7 +82,7 @@ from jinsuan.kernel.store import Database
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import run_cycle
 from scheduler.jobs import new_job_id
-from scheduler.seed import PoolSpec, seed_site
+from scheduler.seed import PoolSpec, ask_for_work, report, seed_site
 from scheduler.spec import Constraints, JobSpec
 
 ADMIN_URL = os.environ.get("JINSUAN_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -150,7 +170,8 @@ def bench_placements(args: argparse.Namespace) -> dict[str, float]:
     rng = random.Random(7)
     bench = BenchDatabase("place")
     try:
-        seed_sites(bench.db, args.sites, args.per_pool, rng)
+        site_ids = [site_id for site_id, _, _ in seed_sites(bench.db, args.sites, args.per_pool,
+                                                             rng)]
         queue_jobs(bench.db, args.jobs, args.tenants, rng)
         cfg = SchedulerConfig()
         placed = cycles = 0
@@ -159,6 +180,8 @@ def bench_placements(args: argparse.Namespace) -> dict[str, float]:
             conn.execute("ANALYZE")
             started = time.perf_counter()
             while True:
+                for site_id in site_ids:  # the sites' agents go on asking for work
+                    ask_for_work(conn, site_id, datetime.now(UTC))
                 result = run_cycle(conn, cfg)
                 cycles += 1
                 placed += result.placed
@@ -185,9 +208,10 @@ def raw_insert_rate(conn: psycopg.Connection, rows: int) -> float:
     started = time.perf_counter()
     conn.execute(
         "INSERT INTO runs_baseline (id, job_id, attempt, site_id, model, accelerators,"
-        " fencing_token, state, lease_expires_at, placed_at)"
+        " fencing_token, state, lease_expires_at, placed_at, tenant, submitted_at)"
         " SELECT u.id, u.job, 1, 1, 'H100', 1, nextval('baseline_tokens'), 'placed',"
-        " now(), now() FROM unnest(%s::text[], %s::text[]) AS u(id, job)", (ids, jobs))
+        " now(), now(), 'tenant00', now() FROM unnest(%s::text[], %s::text[]) AS u(id, job)",
+        (ids, jobs))
     return rows / (time.perf_counter() - started)
 
 
@@ -265,21 +289,28 @@ def _poll_agents(port: int, agents: list[tuple[str, bytes]], wait_s: float, ever
                  stop) -> None:
     """One process, a thread per agent: each asks for work (signed, like a real one), holding
     the request up to ``wait_s`` (long poll), and asks again as soon as it has its answer but no
-    sooner than ``every`` seconds after it last asked."""
+    sooner than ``every`` seconds after it last asked. Like a real agent it renews the runs it
+    was given (they would be lost after the lease TTL otherwise)."""
     from jinsuan.contract.signing import private_key_from_bytes
 
     def loop(agent_id: str, raw: bytes) -> None:
         key = private_key_from_bytes(raw)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=wait_s + 30)
+        held: dict[str, int] = {}
         while not stop.is_set():
             started = time.monotonic()
             body = LeaseRequest(agent_id=agent_id, sent_at=datetime.now(UTC),
-                                executor="process", free_slots=512, wait_s=wait_s
-                                ).model_dump_json().encode()
+                                executor="process", free_slots=512, wait_s=wait_s,
+                                held=[HeldRun(run_id=r, fencing_token=t)
+                                      for r, t in held.items()]).model_dump_json().encode()
             status, reply = _post(conn, LEASES_PATH, body, {
                 AGENT_HEADER: agent_id, SIGNATURE_HEADER: sign(key, body)})
             if status != 200:
                 raise RuntimeError(f"lease request refused: {status} {reply[:200]!r}")
+            answer = LeaseReply.model_validate_json(reply)
+            held.update((lease.run_id, lease.fencing_token) for lease in answer.new)
+            for run_id in answer.lost + answer.cancel:
+                held.pop(run_id, None)
             stop.wait(max(every - (time.monotonic() - started), 0))
         conn.close()
 
@@ -420,6 +451,167 @@ def bench_latency(args: argparse.Namespace) -> dict[str, float]:
         bench.close()
 
 
+# ---- failover ----------------------------------------------------------------------------------
+
+class _Agent(threading.Thread):
+    """A site's agent as ``agents.worker`` behaves with its default settings, minus the
+    executor: it asks for work every ``heartbeat_interval``, renewing the runs it holds and
+    taking up to ``max_runs``, and reports each new run running at once. ``kill`` stops it
+    after its request in flight (its lease loop dies; nothing is said)."""
+
+    def __init__(self, port: int, agent_id: str, key, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.agent_id, self.key, self.stop = port, agent_id, key, stop
+        self.kill = threading.Event()
+        self.held: dict[str, int] = {}
+        self.refused = 0
+        self.settings = WorkerSettings(kind="process")
+
+    def _send(self, conn: http.client.HTTPConnection, path: str, body: bytes
+              ) -> tuple[int, bytes]:
+        return _post(conn, path, body, {AGENT_HEADER: self.agent_id,
+                                        SIGNATURE_HEADER: sign(self.key, body)})
+
+    def run(self) -> None:
+        interval = self.settings.heartbeat_s
+        while not (self.stop.is_set() or self.kill.is_set()):
+            started = time.monotonic()
+            # A connection per heartbeat: the server closes idle ones after 5 s (uvicorn's
+            # keep-alive), and the agent may wait longer than that between requests.
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            body = LeaseRequest(
+                agent_id=self.agent_id, sent_at=datetime.now(UTC), executor="process",
+                held=[HeldRun(run_id=r, fencing_token=t) for r, t in self.held.items()],
+                free_slots=max(0, self.settings.max_runs - len(self.held)),
+            ).model_dump_json().encode()
+            status, answer = self._send(conn, LEASES_PATH, body)
+            if status == 200:
+                reply = LeaseReply.model_validate_json(answer)
+                for run_id in reply.lost + reply.cancel:
+                    self.held.pop(run_id, None)
+                for lease in reply.new:
+                    self.held[lease.run_id] = lease.fencing_token
+                    now = datetime.now(UTC)
+                    event = RunEvent(agent_id=self.agent_id, sent_at=now, state="running",
+                                     fencing_token=lease.fencing_token, at=now)
+                    self._send(conn, run_events_path(lease.run_id),
+                               event.model_dump_json().encode())
+                interval = heartbeat_interval(self.settings.heartbeat_s, reply.lease_ttl_s)
+            else:
+                self.refused += 1
+            conn.close()
+            self.kill.wait(max(interval - (time.monotonic() - started), 0))
+
+
+def bench_failover(args: argparse.Namespace) -> dict[str, float]:
+    rng = random.Random(13)
+    bench = BenchDatabase("failover")
+    server = None
+    stop = threading.Event()
+    agents: list[_Agent] = []
+    try:
+        sites = seed_sites(bench.db, args.sites, args.per_pool, rng)
+        with bench.db.pool.connection() as conn:
+            key = create_key(conn, Role.DISPATCHER, tenant="tenant00")
+            names = dict(conn.execute("SELECT id, name FROM sites").fetchall())
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JINSUAN_SCHED_")}
+        env |= {"DATABASE_URL": bench.url, "JINSUAN_PORT": str(port),
+                "JINSUAN_DATA_DIR": tempfile.mkdtemp()}
+        if args.failover_ttl is not None:
+            env["JINSUAN_SCHED_LEASE_TTL_S"] = str(args.failover_ttl)
+        server = _start_server(_SERVE, [], env, f"http://127.0.0.1:{port}", "/healthz")
+        agents = [_Agent(port, agent_id, agent_key, stop) for _, agent_id, agent_key in sites]
+        for agent in agents:
+            agent.start()
+        # Every site's telemetry goes on throughout, the dead one's too: its devices report up.
+        site_ids = [site_id for site_id, _, _ in sites]
+        threading.Thread(target=_keep_reporting, args=(bench.db, site_ids, stop),
+                         daemon=True).start()
+        # A job pinned to each site keeps every agent busy; two free jobs go to the best site,
+        # whose agent then dies. (An agent holds at most max_runs = 4: the site the two free
+        # jobs move to holds its own and them.)
+        submitter = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        free = []
+        for pinned in [*[names[s] for s in site_ids], None, None]:
+            spec = JobSpec(project="bench", accelerators_per_task=1, max_runtime_s=3600,
+                           constraints=Constraints(site=pinned, in_province_only=False),
+                           payload={"command": ["sleep", "3600"]})
+            status, answer = _post(submitter, "/v1/jobs", spec.model_dump_json().encode(),
+                                   {"Authorization": f"Bearer {key}"})
+            if status != 201:
+                raise RuntimeError(f"submit refused: {status} {answer[:200]!r}")
+            if pinned is None:
+                free.append(json.loads(answer)["id"])
+        submitter.close()
+        with bench.db.pool.connection() as conn:
+            _wait(conn, "SELECT count(*) = %s FROM jobs WHERE state = 'running'",
+                  (len(sites) + len(free),), 120)
+            baseline = sorted(float(r[0]) for r in conn.execute(
+                "SELECT extract(epoch FROM r.started_at - j.submitted_at) FROM jobs j"
+                " JOIN runs r ON r.id = j.current_run_id"))
+            victim_site = conn.execute("SELECT r.site_id FROM jobs j JOIN runs r"
+                                       " ON r.id = j.current_run_id WHERE j.id = %s",
+                                       (free[0],)).fetchone()[0]
+            moving = [job_id for (job_id,) in conn.execute(
+                "SELECT j.id FROM jobs j JOIN runs r ON r.id = j.current_run_id"
+                " WHERE j.id = ANY(%s) AND r.site_id = %s", (free, victim_site))]
+            victim = agents[site_ids.index(victim_site)]
+            victim.kill.set()
+            victim.join(timeout=60)
+            last, expires = conn.execute(
+                "SELECT l.last_lease_at, max(r.lease_expires_at) FROM agent_leases l"
+                " JOIN runs r ON r.site_id = %s AND r.state = 'running'"
+                " WHERE l.agent_id = %s GROUP BY l.last_lease_at",
+                (victim_site, victim.agent_id)).fetchone()
+            _wait(conn, "SELECT count(*) = %s FROM jobs j JOIN runs r ON r.id = j.current_run_id"
+                        " WHERE j.id = ANY(%s) AND j.state = 'running' AND r.attempt = 2",
+                  (len(moving), moving), 180)
+            moved = conn.execute(
+                "SELECT extract(epoch FROM r.started_at - %(last)s),"
+                " extract(epoch FROM r.leased_at - %(last)s),"
+                " extract(epoch FROM lost.ended_at - %(last)s)"
+                " FROM runs r JOIN runs lost ON lost.job_id = r.job_id AND lost.attempt = 1"
+                " WHERE r.attempt = 2 AND r.job_id = ANY(%(moving)s)",
+                {"last": last, "moving": moving}).fetchall()
+            false_failovers = conn.execute(
+                "SELECT count(*) FROM runs WHERE state = 'lost' AND site_id <> %s",
+                (victim_site,)).fetchone()[0]
+        running = sorted(float(m[0]) for m in moved)
+        return {"sites": len(sites), "jobs": len(moved),
+                "ttl": (expires - last).total_seconds(),
+                "found_max": max(float(m[2]) for m in moved),
+                "leased_max": max(float(m[1]) for m in moved),
+                "running_p50": _pct(running, 50), "running_max": running[-1],
+                "baseline_p50": _pct(baseline, 50), "baseline_max": baseline[-1],
+                "false_failovers": false_failovers,
+                "refused": sum(agent.refused for agent in agents)}
+    finally:
+        stop.set()
+        for agent in agents:
+            agent.join(timeout=60)
+        if server is not None:
+            _stop_server(server)
+        bench.close()
+
+
+def _keep_reporting(db: Database, site_ids: list[int], stop: threading.Event) -> None:
+    """Every site's telemetry (``accelerator_up``) every 10 s, without lease requests."""
+    with db.pool.connection() as conn:
+        while not stop.is_set():
+            for site_id in site_ids:
+                report(conn, db.partitions, site_id, datetime.now(UTC), leasing=False)
+            stop.wait(10)
+
+
+def _wait(conn: psycopg.Connection, sql: str, params: tuple, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not conn.execute(sql, params).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for: {sql}")
+        time.sleep(0.05)
+
+
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -447,6 +639,10 @@ def main() -> None:
     parser.add_argument("--cycle-gap-s", type=float, default=0.1)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-placement", action="store_true")
+    parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--failover-ttl", type=float, default=None,
+                        help="The platform's lease TTL in the failover part (default: the"
+                             " scheduler's own default).")
     args = parser.parse_args()
 
     if not args.skip_placement:
@@ -457,6 +653,20 @@ def main() -> None:
         print(f"  placements/s through the cycle: {p['rate']:,.0f}")
         print(f"  baseline, raw INSERT of as many run rows: {p['baseline']:,.0f} rows/s")
         print(f"  ratio: {p['rate'] / p['baseline']:.3f}")
+    if not args.skip_failover:
+        f = bench_failover(args)
+        print(f"failover: {f['sites']} sites' agents asking as agents.worker does by default;"
+              f" one dies holding {f['jobs']} running jobs; lease TTL {f['ttl']:.0f} s")
+        print(f"  last heartbeat → its runs found lapsed     max {f['found_max']:.1f} s")
+        print(f"  last heartbeat → leased elsewhere          max {f['leased_max']:.1f} s")
+        print(f"  last heartbeat → running elsewhere  p50 {f['running_p50']:.1f} s"
+              f"  max {f['running_max']:.1f} s")
+        print(f"  baseline, submit → running of the same jobs  p50 {f['baseline_p50']:.1f} s"
+              f"  max {f['baseline_max']:.1f} s")
+        print(f"  ratio, (failover max − TTL) / baseline max:"
+              f" {(f['running_max'] - f['ttl']) / f['baseline_max']:.2f}")
+        print(f"  runs lost at the sites that stayed alive: {f['false_failovers']};"
+              f" lease requests refused: {f['refused']}")
     if args.skip_latency:
         return
     client = bench_client(args)

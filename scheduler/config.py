@@ -25,10 +25,30 @@ class SchedulerConfig(BaseSettings):
                                       extra="ignore")
 
     cycle_every_s: float = Field(default=2.0, gt=0)
-    lease_ttl_s: float = Field(default=60.0, gt=0, description="A lease lasts this long unrenewed.")
+    lease_ttl_s: float = Field(
+        default=20.0, gt=0,
+        description="A lease lasts this long after the platform received the request that last"
+                    " renewed it. Agents ask at least every lease_ttl_s / 4, so a healthy agent"
+                    " has three requests in hand before a lease lapses; a dead site's runs are"
+                    " running elsewhere within lease_ttl_s + cycle_every_s + an agent's"
+                    " interval (docs/performance.md, failover).")
     site_stale_s: float = Field(
-        default=180.0, gt=0, description="A site not heard from for this long gets nothing new."
-    )
+        default=180.0, gt=0,
+        description="A site whose agents sent no telemetry for this long gets nothing new.")
+    lease_stale_s: float = Field(
+        default=15.0, gt=0,
+        description="A site whose agents asked for work (a lease request announcing the"
+                    " registered executor) less recently than this gets nothing new: three of"
+                    " an agent's default 5 s intervals.")
+    backoff_after_lost: int = Field(
+        default=2, ge=1,
+        description="A site whose last runs, this many in a row, were lost without a single"
+                    " event from it is held back (its executor takes leases but runs nothing).")
+    backoff_s: float = Field(
+        default=60.0, ge=0,
+        description="How long such a site is held back after its latest such loss; doubled for"
+                    " each further loss in a row, up to backoff_max_s.")
+    backoff_max_s: float = Field(default=1800.0, ge=0)
     min_cycle_gap_s: float = Field(
         default=0.1, ge=0, description="Triggered cycles start at least this far apart."
     )

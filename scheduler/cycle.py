@@ -7,6 +7,13 @@ the live runs hold at those sites — after the lock, so it sees every run a con
 committed — and keeps a placement only if the pool still has room. It then locks the job rows
 (in id order) and keeps only those still queued, so a job placed by another process at the same
 time is skipped. Everything a cycle places is committed in one transaction, or nothing is.
+Reservations are written with ``ON CONFLICT``, in key order: two cycles holding the same pool
+for a gang at once update one row, and neither loses its cycle to the pool's unique key.
+
+**Lost runs say why.** A run whose lease lapsed is lost and its job re-queued with the reason
+the platform can see: the site's agent announcing another executor than the registered one, or
+when it last asked for work. A run lost without a single event from its site counts towards the
+site's back-off (``site_lease_health``, read by placement).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def expire_leases(conn: psycopg.Connection, now: datetime, cfg: SchedulerConfig,
         rows = conn.execute(
             "SELECT id, job_id, state FROM runs WHERE state IN ('placed', 'leased', 'running')"
             " AND lease_expires_at < %s AND (%s::bigint IS NULL OR site_id = %s)"
-            " ORDER BY job_id FOR UPDATE SKIP LOCKED",
+            " ORDER BY site_id, job_id FOR UPDATE SKIP LOCKED",  # sites' health rows in order
             (now, site_id, site_id),
         ).fetchall()
         for run_id, job_id, state in rows:
@@ -55,16 +62,44 @@ def expire_leases(conn: psycopg.Connection, now: datetime, cfg: SchedulerConfig,
 
 def expire_run(conn: psycopg.Connection, run_id: str, job_id: str, state: RunState,
                now: datetime, cfg: SchedulerConfig) -> None:
-    """Mark a locked live run lost, meter what it held, and re-queue its job if the run is
-    still the job's."""
-    move_run(conn, run_id, state, RunState.LOST, now, ended_at=now, end_reason="lease expired")
+    """Mark a locked live run lost, meter what it held, count it against its site when the site
+    never said a word about it, and re-queue its job if the run is still the job's."""
+    why = _loss_reason(conn, run_id)
+    move_run(conn, run_id, state, RunState.LOST, now, ended_at=now,
+             end_reason=f"lease expired: {why}")
     record_unreported_end(conn, run_id, "lease expired")
+    conn.execute(
+        "INSERT INTO site_lease_health (site_id, silent_losses, last_loss_at)"
+        " SELECT site_id, 1, %s FROM runs WHERE id = %s AND started_at IS NULL"
+        " ON CONFLICT (site_id) DO UPDATE SET silent_losses = site_lease_health.silent_losses + 1,"
+        " last_loss_at = EXCLUDED.last_loss_at",
+        (now, run_id))
     job = conn.execute("SELECT state, current_run_id FROM jobs WHERE id = %s FOR UPDATE",
                        (job_id,)).fetchone()
     if job[1] == run_id and JobState(job[0]) in (JobState.PLACED, JobState.LEASED,
                                                  JobState.RUNNING):
         requeue_or_fail(conn, job_id, JobState(job[0]), run_id, now, lost=True,
-                        reason=f"lease of {run_id} expired", cfg=cfg)
+                        reason=f"lease of {run_id} expired: {why}", cfg=cfg)
+
+
+def _loss_reason(conn: psycopg.Connection, run_id: str) -> str:
+    """What the platform knows of why a run's site let its lease lapse, from the site's latest
+    lease request (``agent_leases``)."""
+    registered, announced, asked = conn.execute(
+        "SELECT s.executor, l.executor, l.last_lease_at"
+        " FROM runs r JOIN sites s ON s.id = r.site_id"
+        " LEFT JOIN LATERAL (SELECT x.executor, x.last_lease_at FROM agent_leases x"
+        "  JOIN agents g ON g.id = x.agent_id WHERE g.site_id = r.site_id"
+        "  AND g.revoked_at IS NULL ORDER BY x.last_lease_at DESC LIMIT 1) l ON true"
+        " WHERE r.id = %s", (run_id,)).fetchone()
+    if asked is None:
+        return "the site's agent never asked for work"
+    if registered is None:
+        return "the site has no executor registered any more"
+    if announced != registered:
+        return (f"the site's agent runs the {announced} executor, the site is registered with"
+                f" {registered}; its lease requests are refused")
+    return f"the site's agent last asked for work at {asked:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def commit_decisions(conn: psycopg.Connection, snapshot: Snapshot, decisions: Decisions,
@@ -105,9 +140,12 @@ def commit_decisions(conn: psycopg.Connection, snapshot: Snapshot, decisions: De
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO pool_reservations (site_id, model, job_id, expected_start,"
-                    " made_at) VALUES (%s, %s, %s, %s, %s)",
+                    " made_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (site_id, model) DO"
+                    " UPDATE SET job_id = EXCLUDED.job_id, expected_start ="
+                    " EXCLUDED.expected_start, made_at = EXCLUDED.made_at",
                     [(r.site_id, r.model, r.job_id, r.expected_start, now)
-                     for r in decisions.reservations])
+                     for r in sorted(decisions.reservations,
+                                     key=lambda r: (r.site_id, r.model))])
     return kept
 
 

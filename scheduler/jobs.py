@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from jinsuan.kernel.errors import Conflict, NotFound
 from scheduler.config import SchedulerConfig
+from scheduler.feasibility import Obstacle
 from scheduler.spec import JobSpec
 from scheduler.states import JobState, RunState, transition
 from scheduler.usage import record_unreported_end
@@ -83,14 +84,14 @@ def move_job(conn: psycopg.Connection, job_id: str, current: JobState, target: J
              ended: bool = False) -> None:
     """Move a job from ``current`` (which the caller has read under a row lock) to ``target``."""
     transition(current, target)
-    cur = conn.execute(
+    moved = conn.execute(
         "UPDATE jobs SET state = %s, state_changed_at = %s,"
         " ended_at = CASE WHEN %s THEN %s ELSE ended_at END,"
         " end_reason = CASE WHEN %s THEN %s ELSE end_reason END"
-        " WHERE id = %s AND state = %s",
+        " WHERE id = %s AND state = %s RETURNING id",  # a row, not rowcount: pipeline mode too
         (target, at, ended, at, ended, reason or None, job_id, current),
-    )
-    if cur.rowcount != 1:
+    ).fetchone()
+    if moved is None:
         raise Conflict(f"job {job_id} is no longer {current}", field="state")
     record_transition(conn, job_id, run_id, current, target, at, reason)
 
@@ -100,11 +101,11 @@ def move_run(conn: psycopg.Connection, run_id: str, current: RunState, target: R
     """Move a run and set ``columns`` (e.g. ``leased_at``) in the same statement."""
     transition(current, target)
     sets = "".join(f", {name} = %s" for name in columns)
-    cur = conn.execute(
-        f"UPDATE runs SET state = %s{sets} WHERE id = %s AND state = %s",
+    moved = conn.execute(
+        f"UPDATE runs SET state = %s{sets} WHERE id = %s AND state = %s RETURNING id",
         (target, *columns.values(), run_id, current),
-    )
-    if cur.rowcount != 1:
+    ).fetchone()  # a row, not rowcount, which pipeline mode (scheduler.leases) leaves unknown
+    if moved is None:
         raise Conflict(f"run {run_id} is no longer {current}", field="state")
 
 
@@ -218,7 +219,10 @@ class JobDetail(JobSummary):
     spec: dict[str, Any]
     runs: list[RunOut]
     transitions: list[TransitionOut]
-    why_not: list[WhyNot] | None = None
+    why_not: list[WhyNot] | None = None  # while queued: per site, what keeps it out now
+    # While queued: what keeps it from every registered site whatever their capacity
+    # (scheduler.feasibility); empty when some site could take it once capacity frees.
+    permanent: list[Obstacle] | None = None
 
 
 _SUMMARY = ("SELECT id, tenant, project, name, state, tasks, accelerators_per_task, priority,"

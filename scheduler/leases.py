@@ -4,6 +4,13 @@ A lease request renews the runs the agent holds, hands it runs placed on its sit
 slots, and tells it which held runs to stop. A run event moves a run (and its job) forward, only
 under the run's current fencing token and only while the run has not ended, so a site that lost
 its lease and comes back cannot record an outcome, and a job ends once.
+
+Time is the platform's: a request is judged as of when it *arrived* (``received_at``, before it
+waited for a lease worker), so a held run whose lease was live then is renewed even if it lapsed
+while the request queued on a loaded platform, and a renewal lasts ``lease_ttl_s`` from that
+arrival: a site's leases never outlive its last request by more than the TTL, however long the
+platform took to answer it. Every request, a refused one too, leaves its arrival and the
+executor it announced in ``agent_leases``, which placement reads (``scheduler.snapshot``).
 """
 
 from __future__ import annotations
@@ -39,25 +46,34 @@ class StaleLease(Conflict):
 
 
 def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseRequest,
-                 cfg: SchedulerConfig, now: datetime) -> LeaseReply:
-    """Answer one lease request in one transaction.
+                 cfg: SchedulerConfig, now: datetime,
+                 received_at: datetime | None = None) -> LeaseReply:
+    """Answer one lease request in one transaction, as of its arrival ``received_at`` (``now``
+    when None); runs handed out are leased at ``now``.
 
     Agents ask often (a long-polling agent asks again as soon as it has its answer), so the
     statements go in pipeline mode, a set of runs per statement: a request with nothing new
     costs two round trips to the store, one that leases runs three, however many.
+
+    A request from an agent running another executor than the site's registered one is refused
+    (409) after its arrival and executor are recorded: placement then sends the site nothing
+    until the two agree, and says why.
     """
+    received_at = received_at or now
     ttl = timedelta(seconds=cfg.lease_ttl_s)
     renewed: list[str] = []
     cancel: list[str] = []
     lost: list[str] = []
+    new: list[Lease] = []
     tokens = {h.run_id: h.fencing_token for h in request.held}
     with conn.pipeline(), conn.transaction():
         site = conn.execute(
             "WITH seen AS (INSERT INTO agent_leases (agent_id, executor, last_lease_at)"
             " VALUES (%s, %s, %s) ON CONFLICT (agent_id) DO UPDATE SET"
-            " executor = EXCLUDED.executor, last_lease_at = EXCLUDED.last_lease_at)"
+            " executor = EXCLUDED.executor,"
+            " last_lease_at = greatest(agent_leases.last_lease_at, EXCLUDED.last_lease_at))"
             " SELECT executor FROM sites WHERE id = %s",
-            (agent.agent_id, request.executor, now, agent.site_id))
+            (agent.agent_id, request.executor, received_at, agent.site_id))
         held = conn.execute(
             "SELECT id, job_id, site_id, fencing_token, state, lease_expires_at FROM runs"
             " WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (sorted(tokens),)) if tokens else None
@@ -67,33 +83,36 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
             " FROM runs r JOIN jobs j ON j.id = r.job_id"
             " WHERE r.site_id = %s AND r.state = 'placed' AND r.lease_expires_at >= %s"
             " ORDER BY r.placed_at, r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
-            (agent.site_id, now, request.free_slots)) if request.free_slots else None
+            (agent.site_id, received_at, request.free_slots)) if request.free_slots else None
         executor = site.fetchone()[0]
-        if executor is not None and executor != request.executor:
-            raise Conflict(f"the site is registered with executor {executor!r}, the agent runs"
-                           f" {request.executor.value!r}", field="executor")
-        rows = {row[0]: row[1:] for row in held.fetchall()} if held is not None else {}
-        for run_id in sorted(tokens):
-            row = rows.get(run_id)
-            if row is None or row[1] != agent.site_id or row[2] != tokens[run_id]:
-                lost.append(run_id)
-                continue
-            job_id, _, _, state, expires = row
-            state = RunState(state)
-            if state is RunState.CANCELLED:
-                cancel.append(run_id)
-            elif state in ENDED_RUN_STATES:
-                lost.append(run_id)
-            elif expires < now:
-                expire_run(conn, run_id, job_id, state, now, cfg)
-                lost.append(run_id)
-            else:
-                renewed.append(run_id)
-        if renewed:
-            conn.execute("UPDATE runs SET lease_expires_at = %s, last_heard_at = %s"
-                         " WHERE id = ANY(%s)", (now + ttl, now, renewed))
-        new = _lease_placed(conn, agent, placed.fetchall(), now,
-                            now + ttl) if placed is not None else []
+        refused = executor is not None and executor != request.executor
+        if not refused:
+            rows = {row[0]: row[1:] for row in held.fetchall()} if held is not None else {}
+            for run_id in sorted(tokens):
+                row = rows.get(run_id)
+                if row is None or row[1] != agent.site_id or row[2] != tokens[run_id]:
+                    lost.append(run_id)
+                    continue
+                job_id, _, _, state, expires = row
+                state = RunState(state)
+                if state is RunState.CANCELLED:
+                    cancel.append(run_id)
+                elif state in ENDED_RUN_STATES:
+                    lost.append(run_id)
+                elif expires < received_at:
+                    expire_run(conn, run_id, job_id, state, now, cfg)
+                    lost.append(run_id)
+                else:
+                    renewed.append(run_id)
+            if renewed:
+                conn.execute("UPDATE runs SET lease_expires_at = %s, last_heard_at = %s"
+                             " WHERE id = ANY(%s)", (received_at + ttl, received_at, renewed))
+            if placed is not None:
+                new = _lease_placed(conn, agent, placed.fetchall(), now, now + ttl)
+    if refused:
+        raise Conflict(f"the site is registered with executor {executor!r}, the agent runs"
+                       f" {request.executor.value!r}; placement sends the site nothing until"
+                       " they agree", field="executor")
     return LeaseReply(lease_ttl_s=cfg.lease_ttl_s, renewed=renewed, new=new, cancel=cancel,
                       lost=lost)
 
@@ -162,6 +181,8 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
                                           (job_id,)).fetchone()[0])
         claimed_start = event.started_at or claimed_start or (
             event.at if event.state is RunEventState.RUNNING else None)
+        conn.execute("UPDATE site_lease_health SET silent_losses = 0"
+                     " WHERE site_id = %s AND silent_losses > 0", (site_id,))  # it runs things
         if event.state is RunEventState.RUNNING:
             started = bound_start(claimed_start, leased_at=leased_at, received_at=now,
                                   clock_skew_s=cfg.clock_skew_s)

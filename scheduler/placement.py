@@ -5,10 +5,20 @@ Nothing here reads the database or the clock; ``scheduler.snapshot`` builds the 
 (:func:`explain`), so the answer is exactly the rule that decided.
 
 **Filters, in order** (the first that fails is the reason given for a site): the site is healthy
-(its agent reported recently) and has an executor; the pinned site; in-province; then per pool
-(the accelerators of one model at the site): model, vendor, domestic, FP16 TFLOPS, memory, a
-price is set, price within the job's maximum, the pool is big enough for the whole gang, enough
-of it is free now, it is not reserved for a waiting gang job.
+(its agent reported telemetry recently) and has an executor; its agent asks for work (a lease
+request within ``lease_stale_s`` announcing the registered executor; an agent announcing another
+executor is named); it is not held back for losing runs (below); the pinned site; in-province;
+its executor can run the job (``leasewire.EXECUTOR_CAPABILITIES``: a gang, tasks > 1, needs an
+executor that runs every task; a payload image, one that runs images); then per pool (the
+accelerators of one model at the site): model, vendor, domestic, FP16 TFLOPS, memory, a price is
+set, price within the job's maximum, the pool is big enough for the whole gang, enough of it is
+free now, it is not reserved for a waiting gang job.
+
+**Sites that lose runs are held back.** Telemetry says a site's devices are up; it does not say
+its executor runs anything. A site whose last ``backoff_after_lost`` runs in a row were lost
+(lease expired) without a single event from it gets nothing new for ``backoff_s`` after the
+latest loss, doubled for each further loss in a row up to ``backoff_max_s``; then it is tried
+again with the next job that fits. Any event from one of its runs ends the back-off.
 
 **Scores** (weights in ``SchedulerConfig.weights``): price (cheapest candidate / this price),
 energy (1 / the site's PUE over the last 24 h; unknown PUE scores as 1.5), load balance (the
@@ -41,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from jinsuan.contract.leasewire import EXECUTOR_CAPABILITIES, Capability, ExecutorKind
 from scheduler.config import SchedulerConfig
 from scheduler.spec import Constraints
 
@@ -79,9 +90,14 @@ class SiteView:
     city: str
     in_province: bool
     executor: str | None
-    reporting: bool  # its agent reported within the staleness limit
+    reporting: bool  # its agent reported telemetry within site_stale_s
     pue: float | None  # Σ facility / Σ IT over the last 24 h
     pools: dict[str, Pool]
+    leasing: bool = True  # an agent announcing the registered executor asked within lease_stale_s
+    # What the site's latest lease request announced, when that is not the registered executor.
+    announced_executor: str | None = None
+    silent_losses: int = 0  # its latest runs lost in a row without a single event from it
+    last_loss_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +112,21 @@ class QueuedJob:
     constraints: Constraints
     constraints_key: str
     avoid_sites: frozenset[int] = frozenset()
+    image: bool = False  # its payload names a container image
 
     @property
     def need(self) -> int:
         return self.tasks * self.accelerators_per_task
+
+    @property
+    def needs(self) -> frozenset[Capability]:
+        """What the site's executor must do for this job (``EXECUTOR_CAPABILITIES``)."""
+        wanted = set()
+        if self.tasks > 1:
+            wanted.add(Capability.GANG)
+        if self.image:
+            wanted.add(Capability.IMAGE)
+        return frozenset(wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +182,52 @@ class Verdict:
 
 # ---- filters -----------------------------------------------------------------------------------
 
-def _site_rejection(site: SiteView, c: Constraints) -> tuple[str, str] | None:
+def held_back_until(site: SiteView, cfg: SchedulerConfig) -> datetime | None:
+    """Until when a site that lost runs without a word is held back; None when it is not."""
+    if site.silent_losses < cfg.backoff_after_lost or site.last_loss_at is None:
+        return None
+    doublings = min(site.silent_losses - cfg.backoff_after_lost, 32)
+    return site.last_loss_at + timedelta(
+        seconds=min(cfg.backoff_s * 2 ** doublings, cfg.backoff_max_s))
+
+
+def _executor_rejection(executor: str, job: QueuedJob) -> tuple[str, str] | None:
+    missing = job.needs - EXECUTOR_CAPABILITIES[ExecutorKind(executor)]
+    if not missing:
+        return None
+    need = min(missing)
+    able = ", ".join(sorted(k for k, caps in EXECUTOR_CAPABILITIES.items() if need in caps))
+    if need is Capability.GANG:
+        return "gang", (f"the job is a gang of {job.tasks} tasks and the {executor} executor"
+                        f" runs its command once (gangs run on {able})")
+    return "image", (f"the job's payload names a container image and the {executor} executor"
+                     f" does not run images ({able} does)")
+
+
+def _site_rejection(site: SiteView, job: QueuedJob, cfg: SchedulerConfig, now: datetime
+                    ) -> tuple[str, str] | None:
+    c = job.constraints
     if not site.reporting:
         return "site_unhealthy", "its agent has not reported recently"
     if site.executor is None:
         return "no_executor", "no executor is registered for the site"
+    if not site.leasing:
+        if site.announced_executor is not None:
+            return "executor_mismatch", (
+                f"its agent runs the {site.announced_executor} executor but the site is"
+                f" registered with {site.executor}: its lease requests are refused until the"
+                " agent's [executor] kind and the site's registration agree")
+        return "not_leasing", "its agent has not asked for work recently"
+    until = held_back_until(site, cfg)
+    if until is not None and now < until:
+        return "lost_runs", (f"held back until {until:%Y-%m-%d %H:%M:%S} UTC: its last"
+                             f" {site.silent_losses} runs were lost without a single event from"
+                             " the site (leases taken or left to lapse, nothing run)")
     if c.site is not None and c.site != site.name:
         return "pinned", f"the job is pinned to site {c.site!r}"
     if c.in_province_only and not site.in_province:
         return "out_of_province", "the site is outside Shanxi and the job is in-province only"
-    return None
+    return _executor_rejection(site.executor, job)
 
 
 # Pool rules in filter order; explain() reports the rule reached by the pool that got furthest.
@@ -198,12 +261,14 @@ class _Candidate:
     static_score: float  # price, energy and locality terms; load is added per job
 
 
-def _candidates(sites: Iterable[SiteView], c: Constraints, cfg: SchedulerConfig
-                ) -> list[_Candidate]:
-    """The pools that pass every static filter for these constraints, with their fixed score."""
+def _candidates(sites: Iterable[SiteView], job: QueuedJob, cfg: SchedulerConfig,
+                now: datetime) -> list[_Candidate]:
+    """The pools that pass every static filter for this job's constraints and needs, with their
+    fixed score."""
+    c = job.constraints
     passing = [
         (site, pool)
-        for site in sites if _site_rejection(site, c) is None
+        for site in sites if _site_rejection(site, job, cfg, now) is None
         for pool in site.pools.values() if _pool_rejection(pool, c) is None
     ]
     if not passing:
@@ -297,6 +362,9 @@ def _backfills(job: QueuedJob, held: Reservation, now: datetime) -> bool:
 
 # ---- the decision ------------------------------------------------------------------------------
 
+_Key = tuple[str, frozenset[Capability]]
+
+
 def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
     """Decide where queued jobs go. Mutates the snapshot's pools (``reserved`` grows)."""
     now = snapshot.now
@@ -311,11 +379,12 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
     heapq.heapify(heap)
     position = dict.fromkeys(queues, 0)
 
-    every_pool: dict[str, list[_Candidate]] = {}  # per constraints: every pool that passes
-    candidates: dict[str, _PoolQueue] = {}  # the same, best first, as capacity changes
-    smallest_failure: dict[str, int] = {}  # per constraints: a need that found no room
-    held = _kept_reservations(snapshot)
-    nothing_to_hold: set[tuple[str, int]] = set()  # (constraints, need): every pool taken
+    # Keyed by constraints and needs (what the executor must do), which decide the candidates.
+    every_pool: dict[_Key, list[_Candidate]] = {}  # every pool that passes
+    candidates: dict[_Key, _PoolQueue] = {}  # the same, best first, as capacity changes
+    smallest_failure: dict[_Key, int] = {}  # a need that found no room
+    held = _kept_reservations(snapshot, cfg)
+    nothing_to_hold: set[tuple[_Key, int]] = set()  # (key, need): every pool taken
     placements: list[Placement] = []
     considered = 0
     reserve_before = now - timedelta(seconds=cfg.reserve_after_s)
@@ -328,9 +397,9 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
             job = jobs[queue]
             queue += 1
             considered += 1
-            key = job.constraints_key
+            key = (job.constraints_key, job.needs)
             if key not in candidates:
-                every_pool[key] = _candidates(snapshot.sites, job.constraints, cfg)
+                every_pool[key] = _candidates(snapshot.sites, job, cfg, now)
                 candidates[key] = _PoolQueue(every_pool[key], cfg.weights.load)
             failed_at = smallest_failure.get(key)
             if failed_at is not None and job.need >= failed_at:
@@ -422,17 +491,23 @@ class _PoolQueue:
         return chosen or fallback, blocked_by_hold
 
 
-def _kept_reservations(snapshot: Snapshot) -> dict[tuple[int, str], Reservation]:
-    """Last cycle's holds whose job still waits, with the expected start brought up to date."""
+def _kept_reservations(snapshot: Snapshot, cfg: SchedulerConfig
+                       ) -> dict[tuple[int, str], Reservation]:
+    """Last cycle's holds whose job still waits and could still run in the pool held (every
+    filter passes there: a price raised over the job's maximum, a site gone quiet or a pool too
+    small now frees it), with the expected start brought up to date."""
     waiting = {job.id: job for job in snapshot.jobs}
-    pools = {(site.id, model): pool for site in snapshot.sites
-             for model, pool in site.pools.items()}
+    sites = {site.id: site for site in snapshot.sites}
     kept = {}
     for key, hold in snapshot.reservations.items():
-        job, pool = waiting.get(hold.job_id), pools.get(key)
-        if job is not None and pool is not None and pool.healthy >= job.need:
-            start = _expected_start(pool, job.need, snapshot.now)
-            kept[key] = Reservation(hold.job_id, hold.site_id, hold.model, start)
+        job, site = waiting.get(hold.job_id), sites.get(hold.site_id)
+        pool = site.pools.get(hold.model) if site is not None else None
+        if (job is None or site is None or pool is None or pool.healthy < job.need
+                or _site_rejection(site, job, cfg, snapshot.now) is not None
+                or _pool_rejection(pool, job.constraints) is not None):
+            continue
+        start = _expected_start(pool, job.need, snapshot.now)
+        kept[key] = Reservation(hold.job_id, hold.site_id, hold.model, start)
     return kept
 
 
@@ -461,13 +536,12 @@ def _reserve(job: QueuedJob, cands: list[_Candidate], held: dict[tuple[int, str]
 
 def explain(job: QueuedJob, snapshot: Snapshot, cfg: SchedulerConfig) -> list[Verdict]:
     """For each site, the first rule that rules this job out there, or "fits"."""
-    c = job.constraints
     shares = _Shares(snapshot.tenants, capacity_by_model(snapshot.sites), cfg.fair_window_h)
     waiting = {j.tenant for j in snapshot.jobs} | set(snapshot.tenants)  # tenants with a say
     over_share = shares.dominant(job.tenant) > shares.entitlement(job.tenant, waiting)
     verdicts = []
     for site in snapshot.sites:
-        rejected = _site_rejection(site, c)
+        rejected = _site_rejection(site, job, cfg, snapshot.now)
         if rejected is None:
             rejected = _pool_verdict(job, site, snapshot, over_share)
         constraint, reason = rejected or ("fits", "eligible now; expect placement next cycle")

@@ -17,10 +17,12 @@ from pydantic import BaseModel, Field
 
 from jinsuan.contract.leasewire import (
     AGENT_HEADER,
+    EXECUTOR_CAPABILITIES,
     LEASES_PATH,
     MAX_LEASE_WAIT_S,
     REPLAY_WINDOW_S,
     SIGNATURE_HEADER,
+    Capability,
     EventAck,
     ExecutorKind,
     LeaseReply,
@@ -34,6 +36,7 @@ from jinsuan.kernel.deps import ConnDep, allow, public
 from jinsuan.kernel.errors import Forbidden, Invalid
 from jinsuan.kernel.platform import Platform
 from jinsuan.kernel.sites import check_manages, check_sees, get_site
+from scheduler.feasibility import Obstacle, permanent_obstacles
 from scheduler.jobs import (
     JobDetail,
     JobSummary,
@@ -47,7 +50,7 @@ from scheduler.leases import handle_event, handle_lease
 from scheduler.placement import Snapshot, TenantUsage, explain
 from scheduler.service import SchedulerService, service_for
 from scheduler.snapshot import load_queue, load_reservations, load_sites, load_tenants
-from scheduler.spec import JobSpec
+from scheduler.spec import Constraints, JobSpec
 from scheduler.states import JobState
 from scheduler.usage_api import usage_router
 
@@ -56,9 +59,10 @@ _MAX_LEASE_BODY = 1 << 20
 _MAX_EVENT_BODY = 256 << 10
 
 Submitters = Annotated[Principal, allow(Role.DISPATCHER, Role.ADMIN)]
-Readers = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
+Readers = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
 SiteManagers = Annotated[Principal, allow(Role.OPERATOR, Role.ADMIN)]
-Anyone = Annotated[Principal, allow(Role.OPERATOR, Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
+Anyone = Annotated[Principal, allow(Role.OPERATOR, Role.DISPATCHER, Role.BUREAU, Role.VIEWER,
+                                          Role.ADMIN)]
 Admins = Annotated[Principal, allow(Role.ADMIN)]
 
 
@@ -67,10 +71,31 @@ class Submitted(BaseModel):
     state: JobState
 
 
+class Accepted(Submitted):
+    warnings: list[Obstacle] = Field(
+        description="What no registered site offers the job (scheduler.feasibility): while any"
+        " is listed, the job waits until a site is registered or changes its settings.")
+
+
 class SiteScheduling(BaseModel):
     executor: ExecutorKind | None = None
     prices: dict[str, Decimal] = Field(
         default_factory=dict, description="Yuan per accelerator-hour, by accelerator model.")
+
+
+class SiteSchedulingShown(SiteScheduling):
+    capabilities: list[Capability] = Field(
+        default_factory=list,
+        description="What the registered executor does beyond running a command once"
+                    " (leasewire.EXECUTOR_CAPABILITIES): jobs that need more go elsewhere.")
+    agent_executor: ExecutorKind | None = Field(
+        default=None,
+        description="The executor the site's agent announced in its latest lease request. While"
+                    " it is not ``executor``, the agent's requests are refused and nothing is"
+                    " placed here.")
+    last_lease_at: datetime | None = Field(
+        default=None, description="When the platform last received a lease request from the"
+                                  " site's agents (placement needs one within lease_stale_s).")
 
 
 class TenantShare(BaseModel):
@@ -99,9 +124,11 @@ async def _body(request: Request, limit: int) -> bytes:
 def jobs_router(service: SchedulerService) -> APIRouter:
     api = APIRouter(tags=["jobs"])
 
-    @api.post("/v1/jobs", status_code=201, response_model=Submitted)
+    @api.post("/v1/jobs", status_code=201, response_model=Accepted)
     async def submit(spec: JobSpec, principal: Submitters) -> Response:
-        """Queue a job; its id comes back at once and placement follows within a cycle."""
+        """Queue a job; its id comes back at once and placement follows within a cycle. The
+        answer's ``warnings`` name what no registered site offers it; a job pinned to a site
+        that is not registered is refused."""
         tenant = spec.tenant
         if principal.role is Role.DISPATCHER:
             if tenant is not None and tenant != principal.tenant:
@@ -110,8 +137,9 @@ def jobs_router(service: SchedulerService) -> APIRouter:
             tenant = principal.tenant
         if tenant is None:
             raise Invalid("the spec must name a tenant", field="tenant")
-        job_id = await service.submits.submit(spec, tenant, datetime.now(UTC))
-        return _json(Submitted(id=job_id, state=JobState.QUEUED), status=201)
+        receipt = await service.submits.submit(spec, tenant, datetime.now(UTC))
+        return _json(Accepted(id=receipt.job_id, state=JobState.QUEUED,
+                              warnings=receipt.warnings), status=201)
 
     @api.get("/v1/jobs", response_model=list[JobSummary])
     def jobs(conn: ConnDep, principal: Readers, state: JobState | None = None,
@@ -126,14 +154,18 @@ def jobs_router(service: SchedulerService) -> APIRouter:
 
     @api.get("/v1/jobs/{job_id}", response_model=JobDetail)
     def job(job_id: str, conn: ConnDep, principal: Readers) -> JobDetail:
-        """The job, its runs and transitions, and while it waits: why not placed, per site. Its
-        environment's values and its output are shown to its own tenant only."""
+        """The job, its runs and transitions, and while it waits: why not placed, per site, and
+        what no registered site could ever offer it (``permanent``). Its environment's values
+        and its output are shown to its own tenant only."""
         own = _own_tenant(principal)
         detail = job_detail(conn, job_id, tenant=own)
         if own is None:  # an overseer: no environment values, no output
             detail = withhold_contents(detail)
         if detail.state is JobState.QUEUED:
             detail.why_not = why_not(conn, service, job_id)
+            detail.permanent = permanent_obstacles(
+                conn, Constraints.model_validate(detail.spec["constraints"]),
+                detail.tasks * detail.accelerators_per_task)
         return detail
 
     @api.post("/v1/jobs/{job_id}/cancel", response_model=Submitted)
@@ -162,16 +194,23 @@ def why_not(conn: psycopg.Connection, service: SchedulerService, job_id: str) ->
 def sites_router() -> APIRouter:
     api = APIRouter(tags=["sites"])
 
-    @api.get("/v1/sites/{site_id}/scheduling", response_model=SiteScheduling)
-    def scheduling(site_id: int, conn: ConnDep, principal: Anyone) -> SiteScheduling:
-        """A site's executor and prices: for dispatchers choosing where to run, the bureau and
-        admins; an operator sees its own enterprise's sites only."""
+    @api.get("/v1/sites/{site_id}/scheduling", response_model=SiteSchedulingShown)
+    def scheduling(site_id: int, conn: ConnDep, principal: Anyone) -> SiteSchedulingShown:
+        """A site's executor, what it can run, and prices: for dispatchers choosing where to
+        run, the bureau and admins; an operator sees its own enterprise's sites only. Also what
+        the site's agent last announced when it asked for work, and when."""
         check_sees(principal, get_site(conn, site_id))
-        executor = conn.execute("SELECT executor FROM sites WHERE id = %s",
-                                (site_id,)).fetchone()[0]
+        executor, announced, asked = conn.execute(
+            "SELECT s.executor, l.executor, l.last_lease_at FROM sites s"
+            " LEFT JOIN LATERAL (SELECT x.executor, x.last_lease_at FROM agent_leases x"
+            "  JOIN agents g ON g.id = x.agent_id WHERE g.site_id = s.id"
+            "  AND g.revoked_at IS NULL ORDER BY x.last_lease_at DESC LIMIT 1) l ON true"
+            " WHERE s.id = %s", (site_id,)).fetchone()
         prices = dict(conn.execute("SELECT model, yuan_per_accelerator_hour FROM site_prices"
                                    " WHERE site_id = %s ORDER BY model", (site_id,)).fetchall())
-        return SiteScheduling(executor=executor, prices=prices)
+        capabilities = sorted(EXECUTOR_CAPABILITIES[ExecutorKind(executor)]) if executor else []
+        return SiteSchedulingShown(executor=executor, prices=prices, capabilities=capabilities,
+                                   agent_executor=announced, last_lease_at=asked)
 
     @api.put("/v1/sites/{site_id}/scheduling", response_model=SiteScheduling)
     def register(site_id: int, body: SiteScheduling, conn: ConnDep,
@@ -210,10 +249,12 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
               responses={401: {}, 409: {}, 422: {}})
     async def lease(request: Request) -> Response:
         """An agent's lease request and heartbeat (``leasewire.LeaseRequest``); held up to
-        ``wait_s`` while there is nothing new for the agent (long poll)."""
+        ``wait_s`` while there is nothing new for the agent (long poll). Judged as of its
+        arrival, before it waits for a lease worker (``scheduler.leases``)."""
+        received_at = datetime.now(UTC)
         body = await _body(request, _MAX_LEASE_BODY)
         agent, req, seen, reply = await anyio.to_thread.run_sync(
-            _lease, platform, service, request.headers, body, limiter=answering)
+            _lease, platform, service, request.headers, body, received_at, limiter=answering)
         deadline = time.monotonic() + min(req.wait_s, MAX_LEASE_WAIT_S, service.cfg.lease_ttl_s / 3)
         while not (reply.new or reply.cancel or reply.lost):
             left = deadline - time.monotonic()
@@ -222,7 +263,7 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
             if await request.is_disconnected():  # nobody to hand new runs to
                 break
             seen, reply = await anyio.to_thread.run_sync(
-                _lease_new, platform, service, agent, req, limiter=answering)
+                _lease_new, platform, service, agent, req, received_at, limiter=answering)
         return _json(reply)
 
     @api.post("/v1/runs/{run_id}/events", response_model=EventAck,
@@ -235,8 +276,8 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
     return api
 
 
-def _lease(platform: Platform, service: SchedulerService, headers, body: bytes
-           ) -> tuple[SignedBy, LeaseRequest, tuple[int, int], LeaseReply]:
+def _lease(platform: Platform, service: SchedulerService, headers, body: bytes,
+           received_at: datetime) -> tuple[SignedBy, LeaseRequest, tuple[int, int], LeaseReply]:
     """Verify and answer a lease request; also the site's wake-up generation, read before the
     answer looked for work, for a long poll to wait on."""
     now = datetime.now(UTC)
@@ -248,15 +289,16 @@ def _lease(platform: Platform, service: SchedulerService, headers, body: bytes
         if req.wait_s > 0:
             service.listener.ensure_started()
         seen = service.wakeups.generation(agent.site_id)
-        return agent, req, seen, handle_lease(conn, agent, req, service.cfg, now)
+        return agent, req, seen, handle_lease(conn, agent, req, service.cfg, now, received_at)
 
 
 def _lease_new(platform: Platform, service: SchedulerService, agent: SignedBy,
-               req: LeaseRequest) -> tuple[tuple[int, int], LeaseReply]:
+               req: LeaseRequest, received_at: datetime) -> tuple[tuple[int, int], LeaseReply]:
     """A held request woken by a placement: answer it again (already verified)."""
     with platform.db.pool.connection() as conn:
         seen = service.wakeups.generation(agent.site_id)
-        return seen, handle_lease(conn, agent, req, service.cfg, datetime.now(UTC))
+        return seen, handle_lease(conn, agent, req, service.cfg, datetime.now(UTC),
+                                  received_at)
 
 
 def _event(platform: Platform, service: SchedulerService, run_id: str, headers,

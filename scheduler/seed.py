@@ -1,7 +1,8 @@
 """Simulated sites for the demo, the benchmark and tests: what an enrolled, reporting agent
-would have left in the store (agent, accelerator inventory, ``accelerator_up`` samples), plus
-the site's executor and prices. Real reports go through the intake; this writes the same rows
-directly so hundreds of sites can be set up in a second.
+would have left in the store (agent, accelerator inventory, ``accelerator_up`` samples, and the
+lease heartbeat of its lease loop asking for work with the site's executor), plus the site's
+executor and prices. Real reports and lease requests go through the intake and the lease
+protocol; this writes the same rows directly so hundreds of sites can be set up in a second.
 """
 
 from __future__ import annotations
@@ -66,12 +67,26 @@ def seed_site(conn: psycopg.Connection, partitions: Partitions, *, name: str, ci
 
 
 def report(conn: psycopg.Connection, partitions: Partitions, site_id: int, now: datetime,
-           *, up: float = 1.0) -> None:
-    """One heartbeat of the site's agent: every accelerator reports ``accelerator_up``."""
+           *, up: float = 1.0, leasing: bool = True) -> None:
+    """One heartbeat of the site's agent: every accelerator reports ``accelerator_up``, and,
+    while its lease loop lives (``leasing``), it asks for work announcing the site's executor."""
     partitions.ensure(conn, [now.date()])
     with conn.transaction():
         conn.execute("UPDATE agents SET last_report_at = %s WHERE site_id = %s", (now, site_id))
         conn.execute(
             "INSERT INTO samples (ts, series_id, value) SELECT %s, id, %s FROM series"
             " WHERE site_id = %s AND metric = 'accelerator_up'", (now, up, site_id))
+        if leasing:
+            ask_for_work(conn, site_id, now)
+
+
+def ask_for_work(conn: psycopg.Connection, site_id: int, now: datetime) -> None:
+    """What a lease request from each of the site's agents leaves (``agent_leases``), announcing
+    the site's registered executor (nothing when it has none: such an agent does not ask)."""
+    conn.execute(
+        "INSERT INTO agent_leases (agent_id, executor, last_lease_at)"
+        " SELECT g.id, s.executor, %s FROM agents g JOIN sites s ON s.id = g.site_id"
+        " WHERE g.site_id = %s AND s.executor IS NOT NULL"
+        " ON CONFLICT (agent_id) DO UPDATE SET executor = EXCLUDED.executor,"
+        " last_lease_at = EXCLUDED.last_lease_at", (now, site_id))
 

@@ -3,7 +3,13 @@
 Live capacity of a pool (one model at one site) = its *connected* accelerators (the latest
 ``accelerator_up`` sample within ``site_stale_s`` is 1, the definition ``collectors.state``
 uses) minus the accelerators held by the site's live runs (placed, leased, running). A site is
-*reporting* when one of its agents reported within ``site_stale_s``.
+*reporting* when one of its agents reported within ``site_stale_s``, and *leasing* when one of
+them asked for work within ``lease_stale_s`` announcing the executor registered for the site
+(``agent_leases``, stamped with the platform's clock when the request arrived): telemetry alone
+does not make a site placeable, since an agent whose lease loop died, or whose executor is not
+the one registered, still reports. Its PUE is the store's one definition over the last 24
+hours (migration 0013: the hours in which both IT and facility energy were measured), the figure
+the dashboards and ``/v1/pue/annual`` compute over theirs.
 """
 
 from __future__ import annotations
@@ -30,11 +36,23 @@ from scheduler.spec import Constraints
 
 _SITES = """
 SELECT s.id, s.name, s.city, s.in_province, s.executor,
-       coalesce((SELECT max(a.last_report_at) FROM agents a
-                 WHERE a.site_id = s.id AND a.revoked_at IS NULL) > %(fresh)s, false),
-       (SELECT sum(r.facility_kwh) / NULLIF(sum(r.it_kwh), 0) FROM rollup_site_hourly r
-        WHERE r.site_id = s.id AND r.hour >= %(day_ago)s)
+       coalesce(a.reported > %(fresh)s, false),
+       (SELECT pue_ratio(sum(p.facility_kwh), sum(p.it_kwh)) FROM pue_site_hourly p
+        WHERE p.site_id = s.id AND p.hour >= %(day_ago)s),
+       coalesce(a.leased > %(lease_fresh)s, false),
+       CASE WHEN a.asked > %(lease_fresh)s AND a.announced IS DISTINCT FROM s.executor
+            THEN a.announced END,
+       coalesce(h.silent_losses, 0), h.last_loss_at
 FROM sites s
+LEFT JOIN LATERAL (
+    SELECT max(g.last_report_at) AS reported,
+           max(l.last_lease_at) FILTER (WHERE l.executor = s.executor) AS leased,
+           max(l.last_lease_at) AS asked,
+           (array_agg(l.executor ORDER BY l.last_lease_at DESC)
+                FILTER (WHERE l.agent_id IS NOT NULL))[1] AS announced
+    FROM agents g LEFT JOIN agent_leases l ON l.agent_id = g.id
+    WHERE g.site_id = s.id AND g.revoked_at IS NULL) a ON true
+LEFT JOIN site_lease_health h ON h.site_id = s.id
 """
 
 _POOLS = """
@@ -59,7 +77,8 @@ _QUEUE = """
 SELECT j.id, j.tenant, j.priority, j.submitted_at, j.tasks, j.accelerators_per_task,
        j.max_runtime_s, j.constraints,
        CASE WHEN j.tries > 0 THEN (SELECT array_agg(r.site_id) FROM runs r
-                                   WHERE r.job_id = j.id AND r.state IN ('failed', 'lost')) END
+                                   WHERE r.job_id = j.id AND r.state IN ('failed', 'lost')) END,
+       j.spec -> 'payload' ->> 'image' IS NOT NULL
 FROM jobs j WHERE j.state = 'queued'
 """
 
@@ -93,7 +112,8 @@ class Inventory:
 
 def load_inventory(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime) -> Inventory:
     fresh = now - timedelta(seconds=cfg.site_stale_s)
-    params = {"fresh": fresh, "now": now, "day_ago": now - timedelta(hours=24)}
+    params = {"fresh": fresh, "now": now, "day_ago": now - timedelta(hours=24),
+              "lease_fresh": now - timedelta(seconds=cfg.lease_stale_s)}
     prices = {(site_id, model): price for site_id, model, price in conn.execute(
         "SELECT site_id, model, yuan_per_accelerator_hour FROM site_prices")}
     return Inventory(conn.execute(_SITES, params).fetchall(),
@@ -121,7 +141,7 @@ def load_sites(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime,
     prices = inventory.prices
     sites = {
         row[0]: SiteView(row[0], row[1], row[2], row[3], row[4], row[5],
-                         float(row[6]) if row[6] is not None else None, {})
+                         float(row[6]) if row[6] is not None else None, {}, *row[7:])
         for row in inventory.sites
     }
     for site_id, model, vendor, domestic, tflops, memory, count in inventory.pools:
@@ -148,7 +168,7 @@ def load_queue(conn: psycopg.Connection, job_id: str | None = None) -> list[Queu
         sql, params = _QUEUE + " AND j.id = %s", (job_id,)
     return [
         QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                  parse_constraints(row[7]), row[7], frozenset(row[8] or ()))
+                  parse_constraints(row[7]), row[7], frozenset(row[8] or ()), row[9])
         for row in conn.execute(sql, params)
     ]
 

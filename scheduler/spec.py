@@ -2,6 +2,12 @@
 
 ``Constraints`` is the part placement reads; it is stored apart from the rest as canonical JSON
 so that the many jobs sharing one set of constraints are parsed and filtered once per cycle.
+
+``JobPayload`` bounds what a job may ask a site to run. A payload is stored with the job and
+shipped to an agent in every lease answer that hands it the job, so its size is capped here, where
+jobs come in, well below the platform's 1 MiB request body limit. The wire model
+(``leasewire.Payload``) keeps its own looser bounds: every lease answer is validated against it,
+so a job stored before these caps existed still leases.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ from jinsuan.contract.leasewire import Payload
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@/-]+$")]
 MAX_RUNTIME_S = 30 * 86_400  # a job's run time limit may be at most 30 days
+# A payload's caps (README, "Jobs"); image (512) and workdir (4,096 characters) are capped by
+# leasewire.Payload itself. Sizes are UTF-8 bytes.
+MAX_COMMAND_ARGS = 1024
+MAX_COMMAND_BYTES = 64 * 1024  # all the command's arguments together
+MAX_ENV_VARS = 256
+MAX_ENV_BYTES = 64 * 1024  # every name and value together
 
 
 class _Spec(BaseModel):
@@ -46,6 +58,31 @@ class Constraints(_Spec):
         return values
 
 
+class JobPayload(Payload):
+    """The command, image, environment and working directory, within the caps above."""
+
+    command: list[str] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
+
+    @field_validator("command")
+    @classmethod
+    def _command_fits(cls, command: list[str]) -> list[str]:
+        size = sum(len(arg.encode()) for arg in command)
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the command's arguments are {size} bytes together;"
+                             f" at most {MAX_COMMAND_BYTES}")
+        return command
+
+    @field_validator("env")
+    @classmethod
+    def _env_fits(cls, env: dict[str, str]) -> dict[str, str]:
+        size = sum(len(name.encode()) + len(value.encode()) for name, value in env.items())
+        if size > MAX_ENV_BYTES:
+            raise ValueError(f"the environment's names and values are {size} bytes together;"
+                             f" at most {MAX_ENV_BYTES}")
+        return env
+
+
 class JobSpec(_Spec):
     tenant: Name | None = Field(default=None, description="Defaults to the dispatcher's tenant.")
     project: Name
@@ -59,7 +96,7 @@ class JobSpec(_Spec):
     voucher: int | None = Field(
         default=None, gt=0, description="A compute voucher (算力券) of the applicant the tenant"
         " acts for: each usage record of the job draws on it (GET /v1/vouchers/draws/by-job).")
-    payload: Payload
+    payload: JobPayload
 
     @property
     def accelerators(self) -> int:

@@ -1,11 +1,13 @@
 """Submits written in groups: one writer thread per platform process, one statement per group.
 
 A submit handler puts its job on a queue and awaits the answer; the writer takes every job
-waiting, writes them all in one statement (``scheduler.jobs.submit_jobs``) and answers each. So
-under load a submit costs a share of one round trip and no worker thread of its own, and when
-submits come one at a time each is written at once. A job's id is answered only after it is
-committed. Should a group fail, each of its jobs is written again on its own, so one bad job
-fails alone.
+waiting, checks each against the registered sites (``scheduler.feasibility``, from a cache: a
+job pinned to a site that does not exist is refused, the others learn what no registered site
+offers them), writes the rest in one statement (``scheduler.jobs.submit_jobs``) and answers
+each. So under load a submit costs a share of one round trip and no worker thread of its own,
+and when submits come one at a time each is written at once. A job's id is answered only after
+it is committed. Should a group fail, each of its jobs is written again on its own, so one bad
+job fails alone.
 """
 
 from __future__ import annotations
@@ -16,16 +18,34 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg_pool import ConnectionPool
 
+from jinsuan.kernel.errors import Invalid
+from scheduler.feasibility import (
+    Feasibility,
+    Obstacle,
+    RegisteredSite,
+    RegistryCache,
+    check_submit,
+)
 from scheduler.jobs import submit_jobs
 from scheduler.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[JobSpec, str, datetime, asyncio.Future[str]]
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A committed submit: the job's id, and the obstacles no registered site can lift."""
+
+    job_id: str
+    warnings: list[Obstacle]
+
+
+_Item = tuple[JobSpec, str, datetime, asyncio.Future[Receipt]]
 
 
 class SubmitWriter:
@@ -35,13 +55,14 @@ class SubmitWriter:
         self.on_written = on_written  # e.g. ask for a placement cycle
         self.max_group = max_group
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._registry = RegistryCache()  # read by the writer thread only
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def submit(self, spec: JobSpec, tenant: str, at: datetime) -> str:
-        """Queue the job (submitted ``at``); its id once it is committed."""
+    async def submit(self, spec: JobSpec, tenant: str, at: datetime) -> Receipt:
+        """Queue the job (submitted ``at``); its receipt once it is committed."""
         self._ensure_started()
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._queue.put((spec, tenant, at, future))
         return await future
 
@@ -84,7 +105,14 @@ class SubmitWriter:
     def _write(self, group: list[_Item]) -> None:
         try:
             with self.pool.connection() as conn:
-                ids = submit_jobs(conn, [(spec, tenant, at) for spec, tenant, at, _ in group])
+                pinned = {spec.constraints.site for spec, *_ in group
+                          if spec.constraints.site is not None}
+                registry = self._registry.get(conn, pinned)
+                assessed = [_assess(spec, registry) for spec, *_ in group]
+                kept = [(item, found) for item, found in zip(group, assessed, strict=True)
+                        if isinstance(found, Feasibility)]
+                jobs = [(spec, tenant, at) for (spec, tenant, at, _), _ in kept]
+                ids = submit_jobs(conn, jobs) if jobs else []
         except Exception as exc:
             if len(group) == 1:
                 _answer(group[0][3], exc)
@@ -94,12 +122,23 @@ class SubmitWriter:
             for item in group:
                 self._write([item])
             return
-        for (*_, future), job_id in zip(group, ids, strict=True):
-            _answer(future, job_id)
-        self.on_written()
+        for (*_, future), found in zip(group, assessed, strict=True):
+            if isinstance(found, Invalid):
+                _answer(future, found)
+        for ((*_, future), found), job_id in zip(kept, ids, strict=True):
+            _answer(future, Receipt(job_id, found.warnings))
+        if kept:
+            self.on_written()
 
 
-def _answer(future: asyncio.Future[str], result: str | BaseException) -> None:
+def _assess(spec: JobSpec, registry: dict[str, RegisteredSite]) -> Feasibility | Invalid:
+    try:
+        return check_submit(spec, registry)
+    except Invalid as refused:
+        return refused
+
+
+def _answer(future: asyncio.Future[Receipt], result: Receipt | BaseException) -> None:
     def settle() -> None:
         if future.done():  # the caller went away
             return

@@ -3,25 +3,33 @@
 A dispatcher reads its own tenant's records, an operator the records of runs at its
 enterprise's sites, the bureau and admins everything. Adjustments are records that carry
 differences, so a total is the plain sum of originals and adjustments.
+
+``from`` and ``to`` are each a day (``2026-03-01``: its midnight, Asia/Shanghai, as the policy's
+dates are) or a moment with its time zone; a moment without one is refused, naming the field,
+since a bill must not depend on the server's guess. ``to`` defaults to now and ``from`` to the
+start of the Asia/Shanghai month ``to`` ends, so a bare ``GET /v1/usage`` is this month so far.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
+from jinsuan.contract.policytime import SHANGHAI, days_bounds, month_bounds
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
 from jinsuan.kernel.errors import Invalid
 
 UsageReaders = Annotated[
-    Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.ADMIN)
+    Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.VIEWER, Role.ADMIN)
 ]
 MAX_SPAN = timedelta(days=366)
+_WHEN = ("a day, YYYY-MM-DD (its midnight, Asia/Shanghai), or a moment with its time zone,"
+         " e.g. 2026-03-01T08:00:00+08:00 (in a URL, + is written %2B) or 2026-03-01T00:00:00Z")
 
 
 class UsageRecord(BaseModel):
@@ -72,13 +80,19 @@ def usage_router() -> APIRouter:
     def usage(
         conn: ConnDep,
         principal: UsageReaders,
-        start: Annotated[AwareDatetime, Query(alias="from")],
-        end: Annotated[AwareDatetime, Query(alias="to")],
-        tenant: str | None = None,
-        site: str | None = None,
-        project: str | None = None,
+        start_text: Annotated[str | None, Query(
+            alias="from", description=f"Start (inclusive): {_WHEN}. Default: the start of the"
+            " Asia/Shanghai month that `to` ends.")] = None,
+        end_text: Annotated[str | None, Query(
+            alias="to", description=f"End (exclusive): {_WHEN}. Default: now.")] = None,
+        tenant: Annotated[str | None, Query(description="Only this tenant's records.")] = None,
+        site: Annotated[str | None, Query(description="Only runs at this site (name).")] = None,
+        project: Annotated[str | None, Query(description="Only this project's.")] = None,
     ) -> UsageReport:
-        """Usage records whose run ended in [from, to), oldest first, with their totals."""
+        """Usage records whose run ended in [from, to), oldest first, with their totals; with
+        neither bound given, this Asia/Shanghai month so far."""
+        end = _moment("to", end_text) if end_text is not None else datetime.now(UTC)
+        start = _moment("from", start_text) if start_text is not None else _month_start(end)
         if end <= start:
             raise Invalid("'to' must be after 'from'", field="to")
         if end - start > MAX_SPAN:
@@ -118,3 +132,26 @@ def usage_router() -> APIRouter:
         return UsageReport(records=records, totals=totals)
 
     return api
+
+
+def _moment(name: str, text: str) -> datetime:
+    """A day (its midnight, Asia/Shanghai) or a moment that carries its time zone."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return days_bounds(day, day)[0]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"{text!r} is not {_WHEN}", field=name) from None
+    if moment.tzinfo is None:
+        raise Invalid(f"{text!r} has no time zone: give {_WHEN}", field=name)
+    return moment
+
+
+def _month_start(end: datetime) -> datetime:
+    """The start of the Asia/Shanghai month holding the last instant before ``end``."""
+    last = (end - timedelta(microseconds=1)).astimezone(SHANGHAI)
+    return month_bounds(last.year, last.month)[0]

@@ -28,7 +28,7 @@ from jinsuan.contract.signing import new_private_key, public_key_b64, sign
 from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
-from scheduler.seed import PoolSpec, seed_site
+from scheduler.seed import PoolSpec, ask_for_work, seed_site
 from scheduler.service import service_for
 from scheduler.usage import compute_usage, record_adjustment
 
@@ -104,17 +104,21 @@ def _cycle(platform, at=None):
 
 
 def test_dispatchers_see_only_their_tenant_and_why_not_explains(client, world):
-    _, _, keys = world
-    job_id = _submit(client, keys["t1"], constraints={"site": "nowhere"})
+    cheap, dear, keys = world
+    job_id = _submit(client, keys["t1"], constraints={"site": "datong-1", "max_price": "10.00"})
     assert client.post("/v1/jobs", json={**JOB, "tenant": "t2"},
                        headers=keys["t1"]).status_code == 403
     assert client.get(f"/v1/jobs/{job_id}", headers=keys["t2"]).status_code == 404
     assert client.get("/v1/jobs", headers=keys["t2"]).json() == []
     assert [j["id"] for j in client.get("/v1/jobs", headers=keys["bureau"]).json()] == [job_id]
+    cheap.lease(client)  # both agents ask for work
+    dear.lease(client)
     shown = client.get(f"/v1/jobs/{job_id}", headers=keys["t1"]).json()
     assert shown["state"] == "queued"
-    assert {w["constraint"] for w in shown["why_not"]} == {"pinned"}
-    assert len(shown["why_not"]) == 2
+    # Taiyuan is not the pinned site; Datong's 12.34 yuan is over the job's 10.00.
+    assert {(w["site"], w["constraint"]) for w in shown["why_not"]} == {
+        ("taiyuan-1", "pinned"), ("datong-1", "over_price")}
+    assert shown["permanent"] == []  # a price can change: not a permanent obstacle
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=keys["t2"]).status_code == 404
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=keys["bureau"]).status_code == 403
     assert client.post(f"/v1/jobs/{job_id}/cancel",
@@ -143,6 +147,7 @@ def test_a_killed_sites_job_finishes_elsewhere_once_and_stale_tokens_are_refused
     conn.execute("UPDATE agents SET last_report_at = now() - interval '1 hour'"
                  " WHERE id = %s", (cheap.id,))
     later = datetime.now(UTC) + timedelta(seconds=service_for(platform).cfg.lease_ttl_s + 1)
+    ask_for_work(conn, dear.site_id, later)  # the live site's agent goes on asking for work
     result = _cycle(platform, later)
     assert (result.expired, result.placed) == (1, 1)
     second = LeaseReply.model_validate(dear.lease(client).json())
@@ -253,7 +258,9 @@ def test_site_scheduling_is_set_by_its_operator_or_an_admin(client, world, conn)
     assert client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=body,
                       headers=mine).status_code == 200
     shown = client.get(f"/v1/sites/{cheap.site_id}/scheduling", headers=keys["t1"]).json()
-    assert shown == {"executor": "slurm", "prices": {"910B": "6.00", "H100": "9.50"}}
+    assert (shown["executor"], shown["prices"]) == ("slurm", {"910B": "6.00", "H100": "9.50"})
+    assert shown["capabilities"] == ["accelerator_isolation", "gang"]  # Slurm's
+    assert shown["agent_executor"] == "process"  # what its agent last announced: not Slurm
     bad = client.put(f"/v1/sites/{cheap.site_id}/scheduling",
                      json={"prices": {"H100": "1.234"}}, headers=keys["admin"])
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "prices.H100"
@@ -361,6 +368,8 @@ def test_usage_api_totals_and_who_sees_what(client, platform, world, conn):
     naive = client.get("/v1/usage", params={"from": "2026-01-01T00:00:00", "to": window["to"]},
                        headers=keys["bureau"])
     assert naive.status_code == 422
+    assert naive.json()["error"]["field"] == "from"
+    assert "has no time zone" in naive.json()["error"]["reason"]
 
 
 def test_a_jobs_secrets_and_output_are_its_tenants_alone(client, platform, world):
@@ -380,3 +389,32 @@ def test_a_jobs_secrets_and_output_are_its_tenants_alone(client, platform, world
         assert "hf_s3cret" not in seen.text
         assert seen.json()["spec"]["payload"]["env"] == {"HF_TOKEN": "(withheld)"}
         assert seen.json()["runs"][0]["state"] == "succeeded"
+
+
+def test_an_agent_running_another_executor_is_refused_and_the_job_says_why(
+        client, platform, world):
+    """taiyuan-1 is registered with Slurm while its agent runs the process executor: the agent's
+    request is refused with 409 and recorded on the site, the job pinned there says why in its
+    why-not, and the site gets it once its registration names what the agent runs."""
+    cheap, _, keys = world
+    slurm = {"executor": "slurm", "prices": {"H100": "8.00"}}
+    assert client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=slurm,
+                      headers=keys["admin"]).status_code == 200
+    refused = cheap.lease(client)
+    assert refused.status_code == 409 and refused.json()["error"]["field"] == "executor"
+    site = client.get(f"/v1/sites/{cheap.site_id}/scheduling", headers=keys["admin"]).json()
+    assert (site["executor"], site["agent_executor"]) == ("slurm", "process")
+    assert site["last_lease_at"] is not None
+    job_id = _submit(client, keys["t1"], constraints={"site": "taiyuan-1"})
+    assert _cycle(platform).placed == 0
+    shown = client.get(f"/v1/jobs/{job_id}", headers=keys["t1"]).json()
+    [why] = [w for w in shown["why_not"] if w["site"] == "taiyuan-1"]
+    assert why["constraint"] == "executor_mismatch"
+    assert "agent runs the process executor" in why["reason"]
+    assert "registered with slurm" in why["reason"]
+    process = {"executor": "process", "prices": {"H100": "8.00"}}
+    assert client.put(f"/v1/sites/{cheap.site_id}/scheduling", json=process,
+                      headers=keys["admin"]).status_code == 200
+    assert _cycle(platform).placed == 1
+    reply = LeaseReply.model_validate(cheap.lease(client).json())
+    assert [lease.job_id for lease in reply.new] == [job_id]

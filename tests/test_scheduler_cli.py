@@ -12,9 +12,16 @@ from typer.testing import CliRunner
 
 from jinsuan.app import create_app
 from jinsuan.cli.job import job_app
+from jinsuan.contract.leasewire import LeaseRequest, RunEvent
+from jinsuan.kernel.agentauth import SignedBy
 from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.platform import Platform
+from scheduler.config import SchedulerConfig
+from scheduler.cycle import run_cycle
+from scheduler.jobs import submit_job
+from scheduler.leases import handle_event, handle_lease
 from scheduler.seed import PoolSpec, seed_site
+from scheduler.spec import JobSpec
 
 
 @pytest.fixture
@@ -35,8 +42,9 @@ def test_submit_from_yaml_show_why_not_list_and_cancel(served, conn, db, tmp_pat
     runner = CliRunner()
     submitted = runner.invoke(job_app, ["submit", str(spec), "--priority", "5"], env=env)
     assert submitted.exit_code == 0, submitted.output
-    job_id = submitted.output.strip()
+    job_id = submitted.stdout.strip()  # the id alone on stdout; warnings go to stderr
     assert job_id.startswith("job_")
+    assert "warning: too_small" in submitted.stderr
     shown = runner.invoke(job_app, ["show", job_id], env=env)
     assert shown.exit_code == 0, shown.output
     assert "why not placed yet" in shown.output and "too_small" in shown.output
@@ -64,3 +72,47 @@ def test_bad_specs_name_the_file_and_field(served, conn, tmp_path):
     assert flags.exit_code == 2 and "KEY=VALUE" in flags.output
     other = runner.invoke(job_app, ["show", "job_nope"], env=env)
     assert other.exit_code == 2 and "404" in other.output
+
+
+def test_show_prints_an_ended_runs_output_to_its_tenant_and_what_can_never_be(
+        served, conn, db):
+    """A job run through the scheduler's own functions (as tests/scheduling_story.py plays them)
+    ends with a log tail in its run event; ``show`` prints it to the job's tenant."""
+    now = datetime.now(UTC)
+    cfg = SchedulerConfig()
+    site_id, agent_id = seed_site(conn, db.partitions, name="taiyuan-1", city="Taiyuan", now=now,
+                                  pools=[PoolSpec("H100", 8, Decimal("10.00"))])
+    agent = SignedBy(agent_id, site_id)
+    job_id = submit_job(conn, JobSpec(project="llm", payload={"command": ["python", "t.py"]}),
+                        "t1", now)
+    asking = LeaseRequest(agent_id=agent_id, sent_at=now, executor="process", free_slots=1)
+    assert handle_lease(conn, agent, asking, cfg, now).new == []  # the agent asks for work
+    assert run_cycle(conn, cfg, now).placed == 1
+    (lease,) = handle_lease(conn, agent, asking, cfg, now).new
+    tail = "epoch 3 loss 0.12\n[saved] checkpoint-3 [/tmp]\n"  # brackets are not markup
+    ack = handle_event(conn, agent, lease.run_id, RunEvent(
+        agent_id=agent_id, sent_at=now, fencing_token=lease.fencing_token, state="succeeded",
+        at=now, exit_code=0, log_tail=tail), cfg, now)
+    assert ack.status == "recorded"
+
+    runner = CliRunner()
+    own = {"JINSUAN_URL": served, "COLUMNS": "200",
+           "JINSUAN_API_KEY": create_key(conn, Role.DISPATCHER, tenant="t1")}
+    shown = runner.invoke(job_app, ["show", job_id], env=own)
+    assert shown.exit_code == 0, shown.output
+    assert f"output of attempt 1 at taiyuan-1 ({lease.run_id})" in shown.output
+    assert tail in shown.output
+    bureau = {**own, "JINSUAN_API_KEY": create_key(conn, Role.BUREAU)}
+    overseen = runner.invoke(job_app, ["show", job_id], env=bureau)
+    assert overseen.exit_code == 0, overseen.output
+    assert "(withheld)" in overseen.output and "epoch 3" not in overseen.output
+
+    # A job for a model nobody has: the permanent obstacle beside why not placed yet.
+    never = runner.invoke(job_app, ["submit", "--project", "p", "-c", "true", "--model", "H800"],
+                          env=own)
+    assert never.exit_code == 0, never.output
+    assert "warning: model: no registered site has an accelerator of model H800" in never.stderr
+    waiting = runner.invoke(job_app, ["show", never.stdout.strip()], env=own)
+    assert "no registered site can ever take it" in waiting.output
+    assert "no registered site has an accelerator of model H800" in waiting.output
+    assert "why not placed yet" in waiting.output

@@ -32,9 +32,9 @@ def _spec(tasks=1, per_task=1, **constraints) -> JobSpec:
                    constraints=constraints, payload={"command": ["true"]})
 
 
-def _sites(conn, db, now, count=4, size=8):
+def _sites(conn, db, now, count=4, size=8, executor="process"):
     return [seed_site(conn, db.partitions, name=f"site{i}", city="Taiyuan", now=now,
-                      pools=[PoolSpec("H100", size, Decimal("10.00"))])[0]
+                      pools=[PoolSpec("H100", size, Decimal("10.00"))], executor=executor)[0]
             for i in range(count)]
 
 
@@ -55,7 +55,7 @@ def _assert_no_overcommit(conn) -> int:
 
 def test_a_cycle_places_and_records_the_transition(db, conn):
     now = datetime.now(UTC)
-    _sites(conn, db, now, count=1)
+    _sites(conn, db, now, count=1, executor="slurm")  # a gang needs an executor that runs one
     job_id = submit_job(conn, _spec(tasks=2, per_task=2), "t1", now)
     result = run_cycle(conn, CFG, now)
     assert result.placed == 1

@@ -35,6 +35,7 @@ from scheduler.cycle import run_cycle
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.service import service_for
 from scheduler.spec import JobSpec
+from scheduler.submits import Receipt
 
 JOB = {"project": "llm", "tasks": 1, "accelerators_per_task": 1,
        "payload": {"command": ["python", "train.py"]}}
@@ -153,10 +154,10 @@ def test_a_failing_job_in_a_group_fails_alone(platform, db, conn):
         first, refused, second = asyncio.run(submit_all())
     finally:
         writer.stop()
-    assert isinstance(first, str) and isinstance(second, str)
+    assert isinstance(first, Receipt) and isinstance(second, Receipt)
     assert isinstance(refused, psycopg.errors.CheckViolation)
     stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
-    assert stored == {first, second}
+    assert stored == {first.job_id, second.job_id}
 
 
 def test_a_cached_key_is_trusted_for_its_ttl_then_asked_again(conn):

@@ -23,6 +23,7 @@ from scheduler.placement import (
     Snapshot,
     TenantUsage,
     explain,
+    held_back_until,
     place,
 )
 from scheduler.spec import Constraints
@@ -37,19 +38,21 @@ def pool(model="H100", healthy=8, reserved=0, price="10.00", info=H100, releases
                 list(releases))
 
 
-def site(sid, *pools, name=None, city="Taiyuan", in_province=True, executor="process",
-         reporting=True, pue=None):
+def site(sid, *pools, name=None, city="Taiyuan", in_province=True, executor="slurm",
+         reporting=True, pue=None, **health):
+    """A site; Slurm by default, which runs gangs (``EXECUTOR_CAPABILITIES``)."""
     return SiteView(sid, name or f"s{sid}", city, in_province, executor, reporting, pue,
-                    {p.model: p for p in pools})
+                    {p.model: p for p in pools}, **health)
 
 
 _seq = iter(range(10**9))
 
 
-def job(tenant="t1", tasks=1, per_task=1, priority=0, at=T0, runtime=None, avoid=(), **c):
+def job(tenant="t1", tasks=1, per_task=1, priority=0, at=T0, runtime=None, avoid=(),
+        image=False, **c):
     constraints = Constraints(**c)
     return QueuedJob(f"j{next(_seq):06d}", tenant, priority, at, tasks, per_task, runtime,
-                     constraints, constraints.model_dump_json(), frozenset(avoid))
+                     constraints, constraints.model_dump_json(), frozenset(avoid), image)
 
 
 def snap(jobs, sites, tenants=None, now=T0, reservations=None):
@@ -64,6 +67,9 @@ CFG = SchedulerConfig()
 WHY = [
     ("site_unhealthy", dict(), dict(reporting=False)),
     ("no_executor", dict(), dict(executor=None)),
+    ("not_leasing", dict(), dict(leasing=False)),
+    ("executor_mismatch", dict(), dict(leasing=False, announced_executor="process")),
+    ("lost_runs", dict(), dict(silent_losses=2, last_loss_at=T0 - timedelta(seconds=59))),
     ("pinned", dict(site="elsewhere"), dict()),
     ("out_of_province", dict(), dict(in_province=False)),
     ("model", dict(models=("910B",)), dict()),
@@ -110,6 +116,77 @@ def test_why_not_reports_the_pool_that_got_furthest():
     j = job(max_price=Decimal("5.00"))
     s = site(1, pool("H100", price=None), pool("910B", info=ASCEND, price="6.00"))
     assert explain(j, snap([j], [s]), CFG)[0].constraint == "over_price"
+
+
+def test_a_site_not_leasing_or_running_another_executor_says_so():
+    j = job()
+    quiet = explain(j, snap([j], [site(1, pool(), leasing=False)]), CFG)[0]
+    assert quiet.reason == "its agent has not asked for work recently"
+    wrong = explain(j, snap([j], [site(1, pool(), leasing=False, announced_executor="process")]),
+                    CFG)[0]
+    assert "runs the process executor" in wrong.reason and "registered with slurm" in wrong.reason
+    # A fresh request announcing the registered executor makes the site placeable, whatever
+    # another of its agents announced.
+    both = site(1, pool(), leasing=True, announced_executor="process")
+    assert explain(j, snap([j], [both]), CFG)[0].constraint == "fits"
+
+
+def test_a_site_that_loses_runs_without_a_word_is_held_back_doubling_up_to_the_cap():
+    cfg = SchedulerConfig(backoff_after_lost=2, backoff_s=60, backoff_max_s=1800)
+    last = T0 - timedelta(seconds=10)
+    until = {n: held_back_until(site(1, silent_losses=n, last_loss_at=last), cfg)
+             for n in (0, 1, 2, 3, 5, 12)}
+    # Held back from the 2nd loss in a row: 60 s, then 120, 240, 480, ... up to 1800 s.
+    assert until[0] is None and until[1] is None
+    assert until[2] == last + timedelta(seconds=60)
+    assert until[3] == last + timedelta(seconds=120)
+    assert until[5] == last + timedelta(seconds=480)  # 60 × 2³
+    assert until[12] == last + timedelta(seconds=1800)  # 60 × 2¹⁰ = 61,440 s, capped
+    j = job()
+    two = site(1, pool(), silent_losses=2, last_loss_at=last)
+    verdict = explain(j, snap([j], [two], now=T0), cfg)[0]
+    assert verdict.constraint == "lost_runs" and "its last 2 runs were lost" in verdict.reason
+    assert "08:00:50" in verdict.reason  # held back until 07:59:50 + 60 s
+    assert place(snap([j], [two], now=T0), cfg).placements == []
+    later = T0 + timedelta(seconds=50)  # the back-off is over: the site is tried again
+    assert [p.site_id for p in place(snap([j], [two], now=later), cfg).placements] == [1]
+
+
+def test_an_executor_gets_only_the_jobs_it_can_run():
+    """A gang on the process executor would run its command once and be billed for every
+    task; an image on Slurm or the process executor would be ignored. Same constraints, so one
+    cycle must tell the jobs apart by what they need, not by their constraints alone."""
+    cheap = site(1, pool(price="6.00"), executor="process")
+    slurm = site(2, pool(price="9.00"), executor="slurm")
+    kube = site(3, pool(price="12.00"), executor="kubernetes")
+    single, gang, boxed = job(), job(tasks=2, per_task=2), job(image=True)
+    placed = _placed_site([single, gang, boxed], [cheap, slurm, kube])
+    assert placed == {single.id: 1, gang.id: 2, boxed.id: 3}
+    verdicts = {v.site: v for v in explain(gang, snap([gang], [cheap, slurm, kube]), CFG)}
+    assert verdicts["s1"].constraint == "gang"
+    assert verdicts["s1"].reason == ("the job is a gang of 2 tasks and the process executor runs"
+                                     " its command once (gangs run on kubernetes, slurm)")
+    assert verdicts["s2"].constraint == verdicts["s3"].constraint == "fits"
+    verdicts = {v.site: v for v in explain(boxed, snap([boxed], [cheap, slurm, kube]), CFG)}
+    assert (verdicts["s1"].constraint, verdicts["s2"].constraint) == ("image", "image")
+    assert "(kubernetes does)" in verdicts["s2"].reason
+    assert verdicts["s3"].constraint == "fits"
+
+
+def test_a_reservation_is_dropped_once_its_job_can_no_longer_use_the_pool():
+    """A gang holds a busy pool; the site then charges more than the job's maximum. The hold
+    goes in the next decision and a job that fits there is no longer kept out."""
+    gang = job("b", per_task=8, at=T0 - timedelta(hours=1), max_price=Decimal("11.00"))
+    small = job("a")  # no max runtime: it could never backfill a held pool
+    hold = {(1, "H100"): Reservation(gang.id, 1, "H100", None)}
+    busy = [(T0 + timedelta(hours=1), 6)]
+    kept = place(snap([gang, small], [site(1, pool(reserved=6, releases=busy))],
+                      reservations=hold), CFG)
+    assert [r.job_id for r in kept.reservations] == [gang.id] and kept.placements == []
+    dearer = place(snap([gang, small], [site(1, pool(reserved=6, releases=busy, price="12.00"))],
+                        reservations=hold), CFG)
+    assert dearer.reservations == []  # 12.00 > 11.00: the gang cannot run there any more
+    assert [p.job_id for p in dearer.placements] == [small.id]
 
 
 # ---- scores ------------------------------------------------------------------------------------

@@ -106,7 +106,10 @@ def submit(
          "site": site, "max_price": str(Decimal(max_price)) if max_price else None},
         {"command": command or [], "image": image, "env": environment},
     )
-    typer.echo(call("POST", url, key, "/v1/jobs", json=spec)["id"])
+    made = call("POST", url, key, "/v1/jobs", json=spec)
+    for warning in made.get("warnings", []):
+        typer.echo(f"warning: {warning['constraint']}: {warning['reason']}", err=True)
+    typer.echo(made["id"])
 
 
 @job_app.command("list")
@@ -143,6 +146,16 @@ def render(job: dict[str, Any]) -> None:
                           run["started_at"] or "", run["ended_at"] or "",
                           "" if run["exit_code"] is None else str(run["exit_code"]))
         console.print(table)
+    for run in runs:
+        if run["log_tail"]:  # the job's own tenant reads it; others are shown "(withheld)"
+            console.print(f"[bold]output[/bold] of attempt {run['attempt']} at {run['site']}"
+                          f" ({run['id']}), its last lines:")
+            console.out(run["log_tail"].rstrip("\n"), highlight=False)
+    if job.get("permanent"):
+        table = Table("constraint", "why", title="no registered site can ever take it")
+        for obstacle in job["permanent"]:
+            table.add_row(obstacle["constraint"], obstacle["reason"])
+        console.print(table)
     if job.get("why_not") is not None:
         table = Table("site", "ruled out by", "why", title="why not placed yet")
         for verdict in job["why_not"]:
@@ -152,8 +165,9 @@ def render(job: dict[str, Any]) -> None:
 
 @job_app.command()
 def show(job_id: str, url: Url, key: Key) -> None:
-    """Where the job runs and since when, its tries, while it waits why it is not placed, and
-    what its usage drew from its voucher."""
+    """Where the job runs and since when, its tries, its runs' output, while it waits why it is
+    not placed (and what no registered site could ever offer it), and what its usage drew from
+    its voucher."""
     job = call("GET", url, key, f"/v1/jobs/{job_id}")
     render(job)
     if job["spec"].get("voucher"):

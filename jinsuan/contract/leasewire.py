@@ -21,6 +21,11 @@ lease TTL, whatever ``wait_s`` asks, so a held request never lets the agent's le
 held runs are renewed when the request arrives. ``wait_s`` 0 (the default) answers at once.
 A cancel is not a reason to end a held request early: the agent learns of it in the next answer.
 
+Executors: the request names the executor the agent runs (``executor``). The platform refuses
+every request (409) whose executor is not the one registered for the site, records what the
+agent announced, and places nothing more at the site until the two agree. What each executor
+can do is ``EXECUTOR_CAPABILITIES``; placement sends a job only where its executor can run it.
+
 Like ``jinsuan.contract.wire`` this module is import-light: agents import it and nothing else
 from the platform.
 """
@@ -38,12 +43,14 @@ __all__ = [
     "AGENT_HEADER",
     "EVENT_STATUS_DUPLICATE",
     "EVENT_STATUS_RECORDED",
+    "EXECUTOR_CAPABILITIES",
     "LEASES_PATH",
     "LOG_TAIL_MAX_BYTES",
     "MAX_LEASE_WAIT_S",
     "REPLAY_WINDOW_S",
     "SIGNATURE_HEADER",
     "STALE_LEASE_CODE",
+    "Capability",
     "EventAck",
     "ExecutorKind",
     "HeldRun",
@@ -73,6 +80,30 @@ class ExecutorKind(enum.StrEnum):
     SLURM = "slurm"
     KUBERNETES = "kubernetes"
     PROCESS = "process"
+
+
+class Capability(enum.StrEnum):
+    """What an executor does with a lease, beyond running its command once."""
+
+    GANG = "gang"  # every one of a lease's ``tasks`` runs (billing counts every task)
+    IMAGE = "image"  # the command runs in the payload's container image
+    ACCELERATOR_ISOLATION = "accelerator_isolation"  # a run sees only the accelerators it leased
+
+
+# What each executor guarantees (``agents.executors``). Slurm: ``--ntasks`` under ``srun``, all
+# started together, and ``--gres`` confines a run to its devices; it runs the command on the
+# node, not in the image. Kubernetes: an Indexed Job of ``tasks`` pods in the payload's image
+# (started together only under a gang scheduler), devices as resource limits. Process: one
+# command on the agent's host, whatever ``tasks`` says, without the image; it confines runs to
+# their devices only when the site sets its ``devices`` option, which the platform cannot see,
+# so it is not promised. Placement filters on GANG (tasks > 1) and IMAGE (a payload image), what
+# a job's spec can ask for; isolation is shown with the site for dispatchers to judge.
+EXECUTOR_CAPABILITIES: dict[ExecutorKind, frozenset[Capability]] = {
+    ExecutorKind.SLURM: frozenset({Capability.GANG, Capability.ACCELERATOR_ISOLATION}),
+    ExecutorKind.KUBERNETES: frozenset(
+        {Capability.GANG, Capability.IMAGE, Capability.ACCELERATOR_ISOLATION}),
+    ExecutorKind.PROCESS: frozenset(),
+}
 
 
 class RunEventState(enum.StrEnum):

@@ -39,7 +39,8 @@ MIX: tuple[JobKind, ...] = (
             voucher=True),
     JobKind("llm-lab", "eval", 1, 1, (5, 15), models=("NVIDIA H800",), weight=2,
             voucher=True),
-    JobKind("gov-cloud", "training", 2, 8, (120, 300), domestic_only=True, weight=1),
+    # one task: the demo's sites run jobs as local processes, which take no gangs
+    JobKind("gov-cloud", "training", 1, 16, (120, 300), domestic_only=True, weight=1),
 )
 
 
