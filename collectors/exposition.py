@@ -119,7 +119,7 @@ def router(sites: CollectorRegistry) -> APIRouter:
 
     @api.get(
         "/metrics/sites",
-        dependencies=[allow(Role.METRICS, Role.BUREAU, Role.ADMIN)],
+        dependencies=[allow(Role.METRICS, Role.BUREAU, Role.VIEWER, Role.ADMIN)],
         response_class=Response,
         responses={401: {}, 403: {}},
     )

@@ -26,8 +26,9 @@ from jinsuan.kernel.sites import Site, check_sees, get_site, visible_enterprise
 
 MAX_RANGE = timedelta(days=366)
 
-Everyone = Annotated[Principal, allow(Role.OPERATOR, Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
-Readers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
+Everyone = Annotated[Principal, allow(Role.OPERATOR, Role.DISPATCHER, Role.BUREAU, Role.VIEWER,
+                                             Role.ADMIN)]
+Readers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
 City = Annotated[str | None, Query(description="Only sites in this city.")]
 EnterpriseName = Annotated[str | None, Query(description="Only this enterprise's sites (name).")]
 SiteName = Annotated[str | None, Query(description="Only the site with this name.")]

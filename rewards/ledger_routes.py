@@ -15,7 +15,8 @@ from jinsuan.kernel import ledger
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, PlatformDep, allow
 
-Auditors = Annotated[Principal, allow(Role.BUREAU, Role.ADMIN)]
+Auditors = Annotated[Principal, allow(Role.BUREAU, Role.VIEWER, Role.ADMIN)]
+Signers = Annotated[Principal, allow(Role.BUREAU, Role.ADMIN)]
 
 
 def router() -> APIRouter:
@@ -35,7 +36,7 @@ def router() -> APIRouter:
         return {"ok": not problems, "problems": [str(p) for p in problems]}
 
     @api.post("/checkpoint")
-    def checkpoint(conn: ConnDep, platform: PlatformDep, _: Auditors) -> dict[str, Any]:
+    def checkpoint(conn: ConnDep, platform: PlatformDep, _: Signers) -> dict[str, Any]:
         """Sign the chain's head now."""
         return ledger.checkpoint(conn, ledger.signing_key(platform.settings.ledger_key_path()))
 

@@ -26,7 +26,7 @@ from rewards.explain import explain
 from rewards.store import CALCULATIONS, assess
 
 Bureau = Annotated[Principal, allow(Role.BUREAU)]
-Readers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
+Readers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
 Declarers = Annotated[Principal, allow(Role.OPERATOR, Role.ADMIN)]
 Year = Annotated[int, Query(ge=2024, le=2100, description="Asia/Shanghai policy year.")]
 

@@ -47,7 +47,7 @@ from rewards.store import assess
 from rewards.vouchers import drawing
 
 MATRIX = Path(__file__).parents[1] / "docs" / "access-matrix.csv"
-ROLES = ("admin", "bureau", "operator", "dispatcher", "metrics")
+ROLES = ("admin", "bureau", "viewer", "operator", "dispatcher", "metrics")
 HEADER = ["method", "path", "no_key", *ROLES, "notes"]
 BODY_METHODS = ("POST", "PUT", "PATCH")
 PLACEHOLDER = "999999"  # an id, a name or a run that nothing in the world has
@@ -93,7 +93,7 @@ def _read_matrix() -> list[Row]:
         reader = csv.reader(source)
         header = next(reader)
         assert header == HEADER, f"{MATRIX.name}: the header must be {','.join(HEADER)}"
-        return [Row(r[0], r[1], r[2], dict(zip(ROLES, r[3:8], strict=True)), r[8])
+        return [Row(r[0], r[1], r[2], dict(zip(ROLES, r[3:9], strict=True)), r[9])
                 for r in reader]
 
 
@@ -137,6 +137,7 @@ def walk(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
                 assess(conn, 2026, ["5b"], by_key=None)
                 keys = {"admin": create_key(conn, Role.ADMIN),
                         "bureau": create_key(conn, Role.BUREAU),
+                        "viewer": create_key(conn, Role.VIEWER),
                         "metrics": create_key(conn, Role.METRICS),
                         "operator": create_key(conn, Role.OPERATOR,
                                                enterprise_id=world.taihang),

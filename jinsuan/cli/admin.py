@@ -30,7 +30,9 @@ def connection() -> Iterator[object]:
 
 @keys_app.command("create")
 def create_key(
-    role: Annotated[str, typer.Option(help="operator, dispatcher, bureau, admin or metrics")],
+    role: Annotated[str, typer.Option(
+        help="operator, dispatcher, bureau (reviews and pays), viewer (the bureau, read-only),"
+             " admin or metrics")],
     enterprise: Annotated[str | None, typer.Option(help="The operator's enterprise.")] = None,
     tenant: Annotated[str | None, typer.Option(help="The dispatcher's tenant.")] = None,
     label: Annotated[str, typer.Option(help="A note saying who holds the key.")] = "",

@@ -143,7 +143,7 @@ def _row(scope: Scope, request_id: str, status: int) -> tuple[Any, ...]:
             client[0] if client else None)
 
 
-Auditors = Annotated[Principal, allow(Role.ADMIN, Role.BUREAU)]
+Auditors = Annotated[Principal, allow(Role.ADMIN, Role.BUREAU, Role.VIEWER)]
 _COLUMNS = ("id", "at", "request_id", "key_id", "key_prefix", "role", "method", "path",
             "query", "status", "client")
 

@@ -24,7 +24,8 @@ from jinsuan.kernel.errors import Invalid
 class Role(enum.StrEnum):
     OPERATOR = "operator"  # runs an enterprise's sites: sees only that enterprise
     DISPATCHER = "dispatcher"  # submits jobs for a tenant
-    BUREAU = "bureau"  # the provincial Data Bureau: reads everything
+    BUREAU = "bureau"  # the provincial Data Bureau's reviewers: read everything, review, pay
+    VIEWER = "viewer"  # the bureau's read-only staff: read what the bureau reads, change nothing
     ADMIN = "admin"  # runs the platform
     METRICS = "metrics"  # a Prometheus scraper: the per-site figures of /metrics/sites only
 

@@ -29,9 +29,10 @@ Admin = Annotated[Principal, allow(Role.ADMIN)]
 Bureau = Annotated[Principal, allow(Role.BUREAU)]
 BureauOrAdmin = Annotated[Principal, allow(Role.BUREAU, Role.ADMIN)]
 Dispatcher = Annotated[Principal, allow(Role.DISPATCHER)]
-Parties = Annotated[Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
-Applicants = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.ADMIN)]
-Providers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.ADMIN)]
+Parties = Annotated[Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.VIEWER,
+                                           Role.ADMIN)]
+Applicants = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
+Providers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
 Enterprise = Annotated[str, Query(max_length=200)]
 Day = Annotated[date, Query(description="Any day of the period.")]
 FILES = {200: {"content": {media: {} for media in exports.MEDIA_TYPES.values()}}}
