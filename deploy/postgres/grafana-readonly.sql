@@ -26,7 +26,8 @@ GRANT USAGE ON SCHEMA public TO jinsuan_grafana;
 GRANT SELECT ON enterprises, sites, racks, accelerators, meters, series, samples,
                 rollup_site_hourly, rollup_enterprise_hourly, rollup_state,
                 rollup_series_hourly, rollup_series_daily, rollup_agent_lag_hourly,
-                rollup_site_daily
+                rollup_site_daily,
+                pue_site_hourly  -- PUE defined once (migration 0013), pue_site_range reads it
     TO jinsuan_grafana;
 GRANT SELECT (id, site_id, hostname, enrolled_at, last_seq, last_report_at, revoked_at)
     ON agents TO jinsuan_grafana;
