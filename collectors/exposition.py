@@ -104,8 +104,9 @@ def router(sites: CollectorRegistry) -> APIRouter:
     """``/metrics``: the platform's own operation (intake, scheduler, rollups), open to any
     scraper, naming no site, enterprise or figure the API would refuse a caller.
     ``/metrics/sites``: the per-site gauges (``sites``), which are exactly what the API refuses
-    another enterprise's operator, to a bearer key of the ``metrics`` role (or the bureau's or
-    an admin's)."""
+    another enterprise's operator, and the other rooms' figures the API shows only some callers
+    (``platform.restricted_registry``: the queue by tenant), to a bearer key of the ``metrics``
+    role (or the bureau's or an admin's)."""
     api = APIRouter(tags=["operations"])
 
     @api.get(
@@ -123,8 +124,9 @@ def router(sites: CollectorRegistry) -> APIRouter:
         response_class=Response,
         responses={401: {}, 403: {}},
     )
-    def site_metrics() -> Response:
-        return Response(generate_latest(sites), media_type=CONTENT_TYPE_LATEST)
+    def site_metrics(platform: PlatformDep) -> Response:
+        text = generate_latest(sites) + generate_latest(platform.restricted_registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz", dependencies=[public("liveness probe for load balancers")])
     async def healthz() -> dict[str, str]:

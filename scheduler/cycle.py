@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from scheduler import metrics
 from scheduler.config import SchedulerConfig
 from scheduler.jobs import move_run, new_run_id, requeue_or_fail
 from scheduler.placement import Decisions, Placement, Snapshot, place
@@ -57,6 +58,7 @@ def expire_leases(conn: psycopg.Connection, now: datetime, cfg: SchedulerConfig,
         for run_id, job_id, state in rows:
             expire_run(conn, run_id, job_id, RunState(state), now, cfg)
             expired += 1
+    metrics.FAILOVERS.inc(expired)
     return expired
 
 
@@ -146,6 +148,8 @@ def commit_decisions(conn: psycopg.Connection, snapshot: Snapshot, decisions: De
                     [(r.site_id, r.model, r.job_id, r.expected_start, now)
                      for r in sorted(decisions.reservations,
                                      key=lambda r: (r.site_id, r.model))])
+    metrics.PLACEMENTS.inc(len(kept))
+    metrics.REFUSED_AT_COMMIT.inc(len(decisions.placements) - len(kept))
     return kept
 
 
@@ -194,5 +198,6 @@ def run_cycle(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime | No
     decisions = place(snapshot, cfg)
     kept = commit_decisions(conn, snapshot, decisions, cfg,
                             datetime.now(UTC) if live_clock else now)
+    metrics.CYCLE_SECONDS.observe(time.perf_counter() - started)
     return CycleResult(len(kept), len(decisions.placements) - len(kept), expired,
                        len(snapshot.jobs), time.perf_counter() - started)

@@ -33,6 +33,7 @@ from jinsuan.contract.leasewire import (
 )
 from jinsuan.kernel.agentauth import SignedBy
 from jinsuan.kernel.errors import Conflict, NotFound
+from scheduler import metrics
 from scheduler.bounds import bound_claims, bound_start
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import expire_run
@@ -65,6 +66,7 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
     cancel: list[str] = []
     lost: list[str] = []
     new: list[Lease] = []
+    expired = 0  # held runs whose lease lapsed before this request arrived
     tokens = {h.run_id: h.fencing_token for h in request.held}
     with conn.pipeline(), conn.transaction():
         site = conn.execute(
@@ -102,6 +104,7 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
                 elif expires < received_at:
                     expire_run(conn, run_id, job_id, state, now, cfg)
                     lost.append(run_id)
+                    expired += 1
                 else:
                     renewed.append(run_id)
             if renewed:
@@ -109,10 +112,14 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
                              " WHERE id = ANY(%s)", (received_at + ttl, received_at, renewed))
             if placed is not None:
                 new = _lease_placed(conn, agent, placed.fetchall(), now, now + ttl)
+    metrics.FAILOVERS.inc(expired)  # committed: counted once, never by the cycle too
     if refused:
+        metrics.LEASE_REQUESTS.labels("executor_mismatch").inc()
         raise Conflict(f"the site is registered with executor {executor!r}, the agent runs"
                        f" {request.executor.value!r}; placement sends the site nothing until"
                        " they agree", field="executor")
+    metrics.LEASE_REQUESTS.labels("ok").inc()
+    metrics.LEASES.inc(len(new))
     return LeaseReply(lease_ttl_s=cfg.lease_ttl_s, renewed=renewed, new=new, cancel=cancel,
                       lost=lost)
 
@@ -139,6 +146,7 @@ def _lease_placed(conn: psycopg.Connection, agent: SignedBy, rows: list[tuple], 
         (JobState.PLACED, JobState.LEASED, now, f"leased by {agent.agent_id}", job_ids, run_ids))
     stale = len(job_ids) - len(moved.fetchall())
     if stale:
+        metrics.LEASE_REQUESTS.labels("conflict").inc()  # the request's transaction rolls back
         raise Conflict(f"{stale} of the jobs leased are no longer placed", field="state")
     return [Lease(run_id=run_id, job_id=job_id, fencing_token=token, tasks=tasks,
                   accelerators_per_task=per_task, accelerator_model=model,

@@ -36,6 +36,7 @@ from jinsuan.kernel.deps import ConnDep, allow, public
 from jinsuan.kernel.errors import Forbidden, Invalid
 from jinsuan.kernel.platform import Platform
 from jinsuan.kernel.sites import check_manages, check_sees, get_site
+from scheduler import metrics
 from scheduler.feasibility import Obstacle, permanent_obstacles
 from scheduler.jobs import (
     JobDetail,
@@ -317,5 +318,6 @@ def _event(platform: Platform, service: SchedulerService, run_id: str, headers,
 
 def routers(platform: Platform) -> list[APIRouter]:
     service = service_for(platform)
+    metrics.register(platform)  # once per app, as the routes are
     return [jobs_router(service), sites_router(), leases_router(platform, service),
             usage_router()]

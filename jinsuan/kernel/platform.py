@@ -14,4 +14,7 @@ from jinsuan.kernel.store import Database
 class Platform:
     settings: Settings
     db: Database
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)  # /metrics, open
+    # /metrics/sites, the `metrics` role: figures naming what the API shows only some callers
+    # (a tenant's queue); the per-site gauges join them there (collectors.exposition).
+    restricted_registry: CollectorRegistry = field(default_factory=CollectorRegistry)
