@@ -162,6 +162,7 @@ _END_STATES = {RunEventState.SUCCEEDED: (RunState.SUCCEEDED, JobState.SUCCEEDED)
 
 def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: RunEvent,
                  cfg: SchedulerConfig, now: datetime) -> EventAck:
+    _refuse_if_lapsed(conn, agent, run_id, event, cfg, now)
     with conn.transaction():
         row = conn.execute(
             "SELECT r.job_id, r.site_id, r.fencing_token, r.state, r.lease_expires_at,"
@@ -170,7 +171,7 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
             (run_id,)).fetchone()
         if row is None:
             raise NotFound(f"no run {run_id}", field="run_id")
-        (job_id, site_id, token, state, expires, exit_code, leased_at, claimed_start,
+        (job_id, site_id, token, state, _expires, exit_code, leased_at, claimed_start,
          max_runtime_s) = row
         state = RunState(state)
         if site_id != agent.site_id or token != event.fencing_token:
@@ -181,10 +182,6 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
         if state in ENDED_RUN_STATES or state is RunState.PLACED:
             raise StaleLease(f"run {run_id} is {state}; it takes no {event.state} report",
                              field="state")
-        if expires < now:
-            expire_run(conn, run_id, job_id, state, now, cfg)
-            raise StaleLease(f"the lease of run {run_id} expired at {expires.isoformat()}",
-                             field="fencing_token")
         job_state = JobState(conn.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE",
                                           (job_id,)).fetchone()[0])
         claimed_start = event.started_at or claimed_start or (
@@ -220,6 +217,28 @@ def handle_event(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: 
         record_usage(conn, run_id, started_at=billed.started_at, ended_at=billed.ended_at,
                      bounded_by=billed.bounded_by)
     return EventAck(status=EVENT_STATUS_RECORDED)
+
+
+def _refuse_if_lapsed(conn: psycopg.Connection, agent: SignedBy, run_id: str, event: RunEvent,
+                      cfg: SchedulerConfig, now: datetime) -> None:
+    """Refuse a report on a run whose lease lapsed, expiring the run first in a transaction of
+    its own: the expiry must stand though the report is refused (in the report's transaction
+    the refusal would roll it back, leaving it to the next cycle)."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT job_id, site_id, fencing_token, state, lease_expires_at FROM runs"
+            " WHERE id = %s FOR UPDATE", (run_id,)).fetchone()
+        if row is None:
+            return  # the report's own transaction says so
+        job_id, site_id, token, state, expires = row
+        state = RunState(state)
+        if (site_id != agent.site_id or token != event.fencing_token or expires >= now
+                or state in ENDED_RUN_STATES or state is RunState.PLACED):
+            return
+        expire_run(conn, run_id, job_id, state, now, cfg)
+    metrics.FAILOVERS.inc()
+    raise StaleLease(f"the lease of run {run_id} expired at {expires.isoformat()}",
+                     field="fencing_token")
 
 
 def _is_duplicate(state: RunState, exit_code: int | None, event: RunEvent) -> bool:

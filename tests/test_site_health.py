@@ -393,3 +393,22 @@ def test_a_site_that_keeps_losing_runs_without_a_word_is_held_back_until_it_runs
     assert ty.running[pinned] == at(115)
     assert conn.execute("SELECT silent_losses FROM site_lease_health WHERE site_id = %s",
                         (ty.site_id,)).fetchone()[0] == 0
+
+
+def test_a_report_on_a_lapsed_lease_is_refused_and_the_run_is_lost_at_once(db, conn) -> None:
+    """ty's agent comes back after its lease lapsed and reports the run ended: the report is
+    refused, and the run is lost and its job queued again there and then (not by the next
+    cycle, as when the refusal rolled the expiry back)."""
+    ty = Agent(conn, db, "ty", "8.00")
+    job = submit_job(conn, spec(), "t1", at(0))
+    cycle(conn, 0, ty)
+    ty.ask(0)
+    (run_id, token), = ty.held.items()
+    late = CFG.lease_ttl_s + 5
+    ended = RunEvent(agent_id=ty.signed.agent_id, sent_at=at(late), fencing_token=token,
+                     state="succeeded", at=at(late), exit_code=0)
+    with pytest.raises(Conflict, match="expired"):
+        handle_event(conn, ty.signed, run_id, ended, CFG, at(late))
+    run_state = conn.execute("SELECT state FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
+    assert run_state == "lost"
+    assert site_of(conn, job) == ("queued", None)
