@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
-from collectors import annual, enrolment, exposition, intake, readapi
+from collectors import annual, enrolment, exposition, intake, management, readapi
 from jinsuan.kernel.platform import Platform
 
 
@@ -16,6 +16,7 @@ def routers(platform: Platform) -> list[APIRouter]:
     return [
         intake.router(intake.Intake(platform)),
         enrolment.router(),
+        management.router(),
         readapi.router(),
         annual.router(),
         exposition.router(sites),

@@ -13,8 +13,9 @@ fh-1, each with an operator key; tenants lab-a and lab-b each have a dispatcher 
 applicant (清源智能, 云冈大学) holding a voucher (V1 on Taihang, V2 on Fenhe), and ran one job
 (A at ty-1 on V1, B at fh-1 on V2); the hours are rolled up, measure 5b is assessed for 2026 and
 Taihang has declared its commissioning. The "first owner" is Taihang's operator or lab-a's
-dispatcher: path and required query parameters are filled with its objects (site ty-1, job A,
-V1, ...), the others with a placeholder that names nothing. Each ``own`` or ``yes`` cell of an
+dispatcher: path and required query parameters are filled with its objects (site ty-1, its
+agent, job A, V1, ...; a key's prefix with a spare admin key's), the others with a placeholder
+that names nothing. Each ``own`` or ``yes`` cell of an
 owning role is also tried with the second owner's key (Fenhe's operator, lab-b's dispatcher):
 for ``own``, the first owner's object answers 404 exactly as a missing object does, and a list
 names nothing of the first owner's; for ``yes``, the second owner gets what the first got.
@@ -40,7 +41,7 @@ from test_access import _api_routes, _declarations
 from test_vouchers import RUN_AT, World
 
 from collectors.rollup import run_rollups
-from jinsuan.kernel.auth import Role, create_key, revoke_key
+from jinsuan.kernel.auth import Role, create_key, prefix_of, revoke_key
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
 from rewards.store import assess
@@ -70,7 +71,7 @@ PUBLIC_ANSWERS = {
 # sites, provides vouchers and runs jobs at its sites; a dispatcher's tenant has jobs and acts
 # for an applicant, who holds vouchers.
 OWNED = {
-    "operator": {"site_id", "enterprise", "job_id", "voucher_id"},
+    "operator": {"site_id", "enterprise", "job_id", "voucher_id", "agent_id"},
     "dispatcher": {"job_id", "voucher_id", "applicant"},
 }
 
@@ -146,12 +147,14 @@ def walk(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
                           "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-b")}
                 revoked = create_key(conn, Role.ADMIN)
                 assert revoke_key(conn, revoked.split("_")[1])
+                spare = create_key(conn, Role.ADMIN, label="revoked and rotated by the walk")
                 values = {"site_id": world.sites["ty-1"].site_id, "job_id": job_a,
                           "voucher_id": v1, "applicant_id": world.a.id,
                           "applicant": world.a.id, "enterprise": "Taihang Compute",
                           "tenant": "lab-a", "kind": "csv", "year": 2026, "measure": "5b",
                           "day": "2026-03-02", "from": "2026-03-01T00:00:00+08:00",
-                          "to": "2026-04-01T00:00:00+08:00"}
+                          "to": "2026-04-01T00:00:00+08:00",
+                          "agent_id": world.sites["ty-1"].agent_id, "prefix": prefix_of(spare)}
                 markers = {"operator": ("Taihang Compute", "ty-1"),
                            "dispatcher": ("lab-a", "清源智能", job_a)}
             app, _ = make_app(settings, database)

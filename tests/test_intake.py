@@ -13,6 +13,7 @@ import pytest
 from collectors_kit import (
     Agent,
     Org,
+    bearer,
     counts,
     enrol,
     inventory,
@@ -27,6 +28,7 @@ from collectors.validation import Limits, Rule, first_problem
 from jinsuan.contract.accelerators import fp16_peak
 from jinsuan.contract.signing import new_private_key, sign
 from jinsuan.contract.wire import AGENT_HEADER, SIGNATURE_HEADER, Series
+from jinsuan.kernel.auth import Role, create_key
 
 
 @pytest.fixture
@@ -424,17 +426,12 @@ def test_unchanged_inventory_is_written_again_after_the_refresh_interval(client,
     assert all(seen >= before - timedelta(seconds=5) for _, seen in rows)
 
 
-def test_a_revoked_agent_is_refused_at_once_for_reports_and_leases(
-        client, conn, agent, settings, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    from jinsuan.cli import app
+def test_a_revoked_agent_is_refused_at_once_for_reports_and_leases(client, conn, agent) -> None:
     from jinsuan.contract.leasewire import LEASES_PATH, LeaseRequest
 
     assert agent.post(client, agent.batch(_recent())).json()["status"] == "stored"
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    revoked = CliRunner().invoke(app, ["sites", "revoke-agent", agent.id])
-    assert revoked.exit_code == 0, revoked.output
+    admin = bearer(create_key(conn, Role.ADMIN))
+    assert client.post(f"/v1/agents/{agent.id}/revoke", headers=admin).status_code == 200
     before = counts(conn)
     reply = agent.post(client, agent.batch(steady_series(now_ms() - 30_000, 2)))
     assert reply.status_code == 401  # the very next report, although the key was cached
@@ -443,5 +440,5 @@ def test_a_revoked_agent_is_refused_at_once_for_reports_and_leases(
                          free_slots=1).model_dump_json().encode()
     assert client.post(LEASES_PATH, content=lease,
                        headers=agent.signed(lease)).status_code == 401
-    again = CliRunner().invoke(app, ["sites", "revoke-agent", agent.id])
-    assert again.exit_code == 2 and "no enrolled, unrevoked agent" in again.output
+    again = client.post(f"/v1/agents/{agent.id}/revoke", headers=admin)
+    assert again.status_code == 409 and "already revoked" in again.json()["error"]["reason"]

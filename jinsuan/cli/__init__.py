@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from jinsuan.cli.admin import keys_app, sites_app
+from jinsuan.cli.admin import agents_app, keys_app, sites_app
 from jinsuan.cli.agent import agent_app
 from jinsuan.cli.evidence import evidence_app
 from jinsuan.cli.job import job_app
@@ -29,6 +29,7 @@ app.command()(demo)
 app.command()(report)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
+app.add_typer(agents_app, name="agents")
 app.add_typer(agent_app, name="agent")
 app.add_typer(evidence_app, name="evidence")
 app.add_typer(job_app, name="job")
