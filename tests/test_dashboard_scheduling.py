@@ -382,3 +382,26 @@ def test_usage_by_tenant_sums_records_and_adjustments_in_decimal(
     assert set(usage(as_grafana, chosen={"tenant": ["t2"]})) == {"t2"}
     # Until 02:00 only A1 (lost), B1 (with its adjustment) and C1 had ended.
     assert usage(as_grafana, end=at(120)) == expected_usage(until=120)
+
+
+@pytest.mark.parametrize("days", [3, 40])
+def test_outcomes_and_placements_over_long_ranges_read_the_rollups_with_the_same_figures(
+        as_grafana: psycopg.Connection, story: Story, days: int) -> None:
+    """Over 3 days (whole hours) and 40 days (whole days) the outcome and placement panels read
+    the rollups the triggers keep; with 1-day buckets their sums are those of the story's jobs
+    and runs: 3 succeeded, 1 failed, 2 cancelled (D, in the queue, counted with every site
+    chosen) and 8 placements (A twice, C twice, B, E, G, H)."""
+    start, end = T0 - timedelta(days=days // 2), T0 + timedelta(days=days - days // 2)
+    tenants, sites = ["t1", "t2"], [story.site_id(s) for s in SITES]
+    outcomes = dict(as_grafana.execute(
+        "SELECT state, sum(jobs) FROM outcome_points(%s, %s, 86400, %s, %s) GROUP BY 1",
+        (start, end, tenants, [*sites, 0])).fetchall())
+    assert outcomes == {"succeeded": 3, "failed": 1, "cancelled": 2}
+    at_sites = dict(as_grafana.execute(
+        "SELECT state, sum(jobs) FROM outcome_points(%s, %s, 86400, %s, %s) GROUP BY 1",
+        (start, end, tenants, sites)).fetchall())
+    assert at_sites == {"succeeded": 3, "failed": 1, "cancelled": 1}  # D never reached one
+    placed = as_grafana.execute(
+        "SELECT sum(placements) FROM placement_points(%s, %s, 86400, %s, %s)",
+        (start, end, tenants, sites)).fetchone()[0]
+    assert placed == len(PLACEMENTS) == 8

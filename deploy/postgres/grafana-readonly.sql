@@ -43,7 +43,8 @@ GRANT SELECT (id, job_id, attempt, site_id, model, accelerators, state, placed_a
               started_at, ended_at, exit_code, end_reason, tenant, submitted_at)
     ON runs TO jinsuan_grafana;
 GRANT SELECT ON job_transitions, usage_records, rollup_queue_hourly, rollup_queue_state,
-                rollup_placements_hourly, rollup_placements_daily
+                rollup_placements_hourly, rollup_placements_daily, rollup_outcomes_hourly,
+                rollup_outcomes_daily
     TO jinsuan_grafana;
 
 -- The rewards dashboard: assessments (which is the latest, when and under which policy) and
