@@ -1,4 +1,5 @@
-"""Managing API keys and enrolled agents through the API (``jinsuan keys``, ``jinsuan agents``).
+"""Managing keys, agents, enterprises and sites through the API (``jinsuan keys``, ``jinsuan
+agents``, ``jinsuan sites``).
 
 Keys are the admin's alone: create (the secret is answered once, only its hash is kept), list
 (never a secret nor a hash), revoke, and rotate (a new key of the same role, owner, label and
@@ -11,6 +12,17 @@ Agents: an operator lists and revokes its enterprise's sites' agents (another en
 is answered as missing, 404, in the words of one that does not exist); the bureau's keys list
 every agent; an admin lists and revokes any. A revocation is effective at once for the agent's
 reports, lease requests and run events (``jinsuan.kernel.sites.revoke_agent``).
+
+Enterprises: an admin creates them, with a unified social credit code when it is known (checked
+by ``jinsuan.contract.creditcode``: a wrong one is refused, naming ``credit_code``); admins, the
+bureau and viewers list them all, an operator its own.
+
+Sites: an admin creates a site for any enterprise (created too when new, as ``jinsuan sites
+create`` always did); an operator creates sites for its own enterprise only: it may leave the
+enterprise out, and naming any other, existing or not, is refused (403) in words that tell
+nothing of it. An admin or the site's operator changes its city or data centre, never its
+enterprise nor its name (another enterprise's site answers 404, as a missing one does). Sites are
+read through ``collectors.readapi`` and their enrolment tokens made by ``collectors.enrolment``.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ from typing import Annotated
 import psycopg
 from fastapi import APIRouter, Request
 from psycopg.rows import class_row
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from jinsuan.contract.creditcode import CreditCodeError, validate_credit_code
 from jinsuan.kernel.auth import (
     KeyCache,
     Principal,
@@ -33,16 +46,21 @@ from jinsuan.kernel.auth import (
     rotate_key,
 )
 from jinsuan.kernel.deps import ConnDep, allow
-from jinsuan.kernel.errors import Conflict, NotFound
+from jinsuan.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from jinsuan.kernel.sites import (
+    Site,
     check_manages,
+    create_site,
     enterprise_id,
     get_site,
     revoke_agent,
+    update_site,
     visible_enterprise,
 )
 
 Admin = Annotated[Principal, allow(Role.ADMIN)]
+Managers = Annotated[Principal, allow(Role.OPERATOR, Role.ADMIN)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class KeyRequest(BaseModel):
@@ -85,6 +103,55 @@ class AgentOut(BaseModel):
     revoked_at: datetime | None
 
 
+class EnterpriseRequest(BaseModel):
+    name: Name
+    credit_code: str | None = Field(
+        default=None, max_length=40,
+        description="The unified social credit code (统一社会信用代码), 18 characters.")
+
+
+class EnterpriseOut(BaseModel):
+    id: int
+    name: str
+    credit_code: str | None
+    sites: int
+    created_at: datetime
+
+
+class SiteRequest(BaseModel):
+    name: Name
+    enterprise: Name | None = Field(
+        default=None, description="Required with an admin's key; an operator's is its own.")
+    city: Name
+    in_province: bool = Field(default=True, description="False for a site outside Shanxi.")
+    data_centre: Name | None = Field(
+        default=None, description="The data centre the site is part of (PUE and racks are"
+        " judged per data centre); by default one of its own, named after the site.")
+
+
+class SiteChange(BaseModel):
+    """What may change of a site; any other field (its enterprise, its name) is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    city: Name | None = None
+    data_centre: Name | None = None
+
+
+class ManagedSite(BaseModel):
+    id: int
+    name: str
+    city: str
+    enterprise_id: int
+    enterprise: str
+    in_province: bool
+    data_centre: str
+
+    @classmethod
+    def of(cls, site: Site) -> ManagedSite:
+        return cls.model_validate(site, from_attributes=True)
+
+
 _KEY_SELECT = (
     "SELECT k.prefix, k.role, e.name AS enterprise, k.tenant, k.label, k.created_at,"
     " k.expires_at, k.revoked_at FROM api_keys k LEFT JOIN enterprises e ON e.id = k.enterprise_id"
@@ -94,6 +161,53 @@ _AGENT_SELECT = (
     " a.last_report_at, a.last_seq, a.revoked_at"
     " FROM agents a JOIN sites s ON s.id = a.site_id JOIN enterprises e ON e.id = s.enterprise_id"
 )
+
+
+_ENTERPRISE_SELECT = (
+    "SELECT e.id, e.name, e.credit_code, count(s.id)::int AS sites, e.created_at"
+    " FROM enterprises e LEFT JOIN sites s ON s.enterprise_id = e.id"
+)
+
+
+def _enterprises(conn: psycopg.Connection, *, only: int | None = None) -> list[EnterpriseOut]:
+    """Enterprises by name, or the one whose id is ``only``."""
+    with conn.cursor(row_factory=class_row(EnterpriseOut)) as cur:
+        return cur.execute(
+            _ENTERPRISE_SELECT + " WHERE (%(id)s::bigint IS NULL OR e.id = %(id)s)"
+            " GROUP BY e.id ORDER BY e.name", {"id": only}).fetchall()
+
+
+def _create_enterprise(conn: psycopg.Connection, name: str, credit_code: str | None) -> int:
+    code = None
+    if credit_code is not None:
+        try:
+            code = validate_credit_code(credit_code)
+        except CreditCodeError as exc:
+            raise Invalid(f"not a unified social credit code: {exc.reason}",
+                          field="credit_code") from None
+    row = conn.execute(  # no conflict target: a taken name and a taken code both do nothing
+        "INSERT INTO enterprises (name, credit_code) VALUES (%s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING id", (name, code)).fetchone()
+    if row is not None:
+        return row[0]
+    if conn.execute("SELECT 1 FROM enterprises WHERE name = %s", (name,)).fetchone():
+        raise Conflict(f"an enterprise named {name!r} already exists", field="name")
+    raise Conflict(f"an enterprise with credit code {code} already exists", field="credit_code")
+
+
+def _site_enterprise(conn: psycopg.Connection, principal: Principal, named: str | None) -> str:
+    """The enterprise a new site is for: an admin names any; an operator its own or none."""
+    own = visible_enterprise(principal)
+    if own is None:
+        if named is None:
+            raise Invalid("an admin names the site's enterprise", field="enterprise")
+        return named
+    row = conn.execute("SELECT name FROM enterprises WHERE id = %s", (own,)).fetchone()
+    assert row is not None  # an operator key's enterprise is a foreign key
+    if named is not None and named != row[0]:
+        raise Forbidden("an operator creates sites for its own enterprise only",
+                        field="enterprise")
+    return row[0]
 
 
 def _key(conn: psycopg.Connection, prefix: str) -> KeyOut:
@@ -191,5 +305,38 @@ def router() -> APIRouter:
         if not revoke_agent(conn, agent_id):
             raise Conflict(f"agent {agent_id!r} is already revoked", field="agent")
         return _agent(conn, agent_id)
+
+    @api.post("/v1/enterprises", status_code=201)
+    def create_enterprise(body: EnterpriseRequest, conn: ConnDep, _: Admin) -> EnterpriseOut:
+        """Create an enterprise, with its unified social credit code when it is known."""
+        [made] = _enterprises(conn, only=_create_enterprise(conn, body.name, body.credit_code))
+        return made
+
+    @api.get("/v1/enterprises")
+    def list_enterprises(
+        conn: ConnDep,
+        principal: Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.VIEWER,
+                                              Role.ADMIN)],
+    ) -> list[EnterpriseOut]:
+        """Enterprises by name, with their credit code and number of sites: an operator's own."""
+        return _enterprises(conn, only=visible_enterprise(principal))
+
+    @api.post("/v1/sites", status_code=201)
+    def create_a_site(body: SiteRequest, conn: ConnDep, principal: Managers) -> ManagedSite:
+        """Register a site: an admin's for any enterprise (created when new), an operator's for
+        its own; a data centre of its own unless ``data_centre`` names one."""
+        site = create_site(conn, enterprise=_site_enterprise(conn, principal, body.enterprise),
+                           name=body.name, city=body.city, in_province=body.in_province,
+                           data_centre=body.data_centre)
+        return ManagedSite.of(site)
+
+    @api.patch("/v1/sites/{site_id}")
+    def change_site(site_id: int, body: SiteChange, conn: ConnDep, principal: Managers
+                    ) -> ManagedSite:
+        """Change the city or the data centre of a site the caller manages; never its
+        enterprise nor its name. An empty change answers the site as it is."""
+        check_manages(principal, get_site(conn, site_id))
+        return ManagedSite.of(update_site(conn, site_id, city=body.city,
+                                          data_centre=body.data_centre))
 
     return api

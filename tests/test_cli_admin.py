@@ -1,7 +1,7 @@
 """``jinsuan keys``, ``jinsuan agents`` and ``jinsuan sites``: what an administrator types.
 
-Keys and agents go through the API of a platform served by uvicorn on loopback; the first admin
-key and sites are written to the database directly, on the platform host.
+Keys, agents and sites go through the API of a platform served by uvicorn on loopback; only
+the first admin key is written to the database directly, on the platform host.
 """
 
 from __future__ import annotations
@@ -45,31 +45,48 @@ def _first_admin_key() -> str:
 
 
 def test_keys_sites_and_tokens_from_the_command_line(served, database_url):
-    made = runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
-                               "--city", "太原"])
-    assert made.exit_code == 0, made.output
-    again = runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
-                                "--city", "太原"])
-    assert again.exit_code == 2 and "already exists" in again.output
-    hall = runner.invoke(app, ["sites", "create", "taiyuan-1-hall-b", "--enterprise",
-                               "Example Co.", "--city", "太原", "--data-centre", "taiyuan-1"])
-    assert hall.exit_code == 0 and "data centre 'taiyuan-1'" in hall.output
-
     admin = ["--url", served, "--key", _first_admin_key()]
+    made = runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
+                               "--city", "太原", *admin])
+    assert made.exit_code == 0, made.output
+    assert "'taiyuan-1' in 太原 for Example Co., data centre 'taiyuan-1'" in made.output
+    again = runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
+                                "--city", "太原", *admin])
+    assert again.exit_code == 2 and "409: a site named 'taiyuan-1' already exists (name)" in (
+        again.output)
+
     made_key = runner.invoke(app, ["keys", "create", "--role", "operator",
                                    "--enterprise", "Example Co.", "--label", "ops", *admin])
     assert made_key.exit_code == 0, made_key.output
     key = made_key.stdout.strip()
-    token = runner.invoke(app, ["sites", "token", "taiyuan-1"])
+    own = ["--url", served, "--key", key]
+    # the operator's key: its own enterprise, left out; --out-of-province is in_province false
+    hall = runner.invoke(app, ["sites", "create", "taiyuan-1-hall-b", "--city", "太原",
+                               "--data-centre", "taiyuan-1", "--out-of-province", *own])
+    assert hall.exit_code == 0 and "for Example Co., data centre 'taiyuan-1'" in hall.output
+    other = runner.invoke(app, ["sites", "create", "datong-1", "--enterprise", "Other Co.",
+                                "--city", "大同", *own])
+    assert other.exit_code == 2 and "403: an operator creates sites for its own enterprise" in (
+        other.output)
+    token = runner.invoke(app, ["sites", "token", "taiyuan-1", "--hours", "2", *own])
     assert token.exit_code == 0 and token.output.startswith("jse_")
+    missing = runner.invoke(app, ["sites", "token", "datong-1", *own])
+    assert missing.exit_code == 2 and "no site named 'datong-1'" in missing.output
     with psycopg.connect(database_url) as conn:
         principal = authenticate(conn, key)
         assert principal is not None and principal.role is Role.OPERATOR
         stored = conn.execute("SELECT count(*) FROM api_keys WHERE secret_sha256::text"
                               " LIKE %s", (f"%{key[-10:]}%",)).fetchone()[0]
         assert stored == 0  # only a hash is kept
-        centres = dict(conn.execute("SELECT name, data_centre FROM sites").fetchall())
-        assert centres == {"taiyuan-1": "taiyuan-1", "taiyuan-1-hall-b": "taiyuan-1"}
+        centres = {name: (centre, inside) for name, centre, inside in conn.execute(
+            "SELECT name, data_centre, in_province FROM sites").fetchall()}
+        assert centres == {"taiyuan-1": ("taiyuan-1", True),
+                           "taiyuan-1-hall-b": ("taiyuan-1", False)}
+        # the token made by the operator's key, valid for the 2 hours asked
+        made_by, hours = conn.execute(
+            "SELECT k.prefix, round(extract(epoch FROM t.expires_at - t.created_at) / 3600)"
+            " FROM enrolment_tokens t JOIN api_keys k ON k.id = t.created_by").fetchone()
+        assert (made_by, hours) == (key.split("_")[1], 2)
 
     prefix = key.split("_")[1]
     listed = runner.invoke(app, ["keys", "list", *admin])
@@ -97,10 +114,10 @@ def test_keys_sites_and_tokens_from_the_command_line(served, database_url):
 def test_agents_are_listed_and_revoked_through_the_api(served):
     admin = ["--url", served, "--key", _first_admin_key()]
     assert runner.invoke(app, ["sites", "create", "taiyuan-1", "--enterprise", "Example Co.",
-                               "--city", "太原"]).exit_code == 0
+                               "--city", "太原", *admin]).exit_code == 0
     operator = runner.invoke(app, ["keys", "create", "--role", "operator",
                                    "--enterprise", "Example Co.", *admin]).stdout.strip()
-    token = runner.invoke(app, ["sites", "token", "taiyuan-1"]).stdout.strip()
+    token = runner.invoke(app, ["sites", "token", "taiyuan-1", *admin]).stdout.strip()
     enrolled = httpx.post(f"{served}/v1/agents/enrol", json={
         "token": token, "public_key": public_key_b64(new_private_key()), "hostname": "gpu-01"})
     assert enrolled.status_code == 200, enrolled.text

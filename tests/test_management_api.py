@@ -1,9 +1,12 @@
-"""Managing keys and agents through the API (collectors/management.py).
+"""Managing keys, agents, enterprises and sites through the API (collectors/management.py).
 
 Keys: an admin creates, lists, rotates and revokes them; a revoked, rotated-away or expired key
 is refused, and in the process that revoked it at once, though it had just been verified and
 cached. Agents: an operator lists and revokes its own enterprise's; another's is answered as
-missing; a revoked agent's next report and lease request are refused.
+missing; a revoked agent's next report and lease request are refused. Enterprises: an admin
+creates them, a wrong credit code is refused naming it; an operator lists its own. Sites: an admin
+creates them for any enterprise, an operator for its own only; an admin or the site's operator
+changes the city and data centre, never the enterprise; another enterprise's site is missing.
 """
 
 from __future__ import annotations
@@ -189,3 +192,126 @@ def test_agents_are_listed_per_enterprise_and_revoked_by_their_operator(client, 
     again = client.post(f"/v1/agents/{ours.id}/revoke", headers=admin)
     assert again.status_code == 409
     assert listed(taihang.operator_key)[ours.id]["revoked_at"] is not None  # still listed
+
+
+# Worked by hand in tests/test_creditcode.py: "91350100M000100Y43" is valid; the same with an X
+# as check character is not (the weighted sum of the first 17 gives check value 3, character 3).
+GOOD_CODE, BAD_CODE = "91350100M000100Y43", "91350100M000100Y4X"
+
+
+def test_an_admin_creates_enterprises_and_a_wrong_credit_code_is_refused(client, conn, admin):
+    made = client.post("/v1/enterprises", headers=admin,
+                       json={"name": " Taihang Compute ", "credit_code": GOOD_CODE.lower()})
+    assert made.status_code == 201, made.text
+    assert made.json() == {"id": made.json()["id"], "name": "Taihang Compute",
+                           "credit_code": GOOD_CODE, "sites": 0,
+                           "created_at": made.json()["created_at"]}  # stripped, upper-cased
+    plain = client.post("/v1/enterprises", headers=admin, json={"name": "Fenhe Cloud"})
+    assert plain.status_code == 201 and plain.json()["credit_code"] is None
+
+    bad = client.post("/v1/enterprises", headers=admin,
+                      json={"name": "Yungang AI", "credit_code": BAD_CODE})
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["field"] == "credit_code"
+    assert bad.json()["error"]["reason"] == (
+        "not a unified social credit code: the check character is 'X', expected '3'")
+    for body, field in (({"name": "Taihang Compute"}, "name"),
+                        ({"name": "Yungang AI", "credit_code": GOOD_CODE}, "credit_code")):
+        taken = client.post("/v1/enterprises", headers=admin, json=body)
+        assert taken.status_code == 409 and taken.json()["error"]["field"] == field, taken.text
+    blank = client.post("/v1/enterprises", headers=admin, json={"name": "   "})
+    assert blank.status_code == 422 and blank.json()["error"]["field"] == "name"
+    assert [name for (name,) in conn.execute("SELECT name FROM enterprises ORDER BY name")
+            ] == ["Fenhe Cloud", "Taihang Compute"]  # nothing written by a refusal
+
+    operator = bearer(create_key(conn, Role.OPERATOR, enterprise_id=made.json()["id"]))
+    assert client.post("/v1/enterprises", headers=operator,
+                       json={"name": "Mine Ltd."}).status_code == 403
+    own = client.get("/v1/enterprises", headers=operator)
+    assert own.status_code == 200 and [e["name"] for e in own.json()] == ["Taihang Compute"]
+    for role in (Role.BUREAU, Role.VIEWER):
+        every = client.get("/v1/enterprises", headers=bearer(create_key(conn, role)))
+        assert [e["name"] for e in every.json()] == ["Fenhe Cloud", "Taihang Compute"]
+    assert client.get("/v1/enterprises", headers=bearer(
+        create_key(conn, Role.DISPATCHER, tenant="lab-a"))).status_code == 403
+
+
+def test_sites_are_created_by_an_admin_and_by_an_operator_for_its_own_enterprise(
+        client, conn, admin):
+    made = client.post("/v1/sites", headers=admin, json={
+        "name": "ty-1", "enterprise": "Taihang Compute", "city": "太原"})
+    assert made.status_code == 201, made.text
+    site = made.json()
+    assert site == {"id": site["id"], "name": "ty-1", "city": "太原",
+                    "enterprise_id": site["enterprise_id"], "enterprise": "Taihang Compute",
+                    "in_province": True, "data_centre": "ty-1"}  # the enterprise made as new
+    taihang = bearer(create_key(conn, Role.OPERATOR, enterprise_id=site["enterprise_id"]))
+    fenhe = make_org(conn, "Fenhe Cloud", "fh-1", "太原")
+
+    # Taihang's operator: its enterprise by default or by name, never another, real or not
+    hall = client.post("/v1/sites", headers=taihang, json={
+        "name": "ty-1-hall-b", "city": "太原", "data_centre": "ty-1"})
+    assert hall.status_code == 201, hall.text
+    assert (hall.json()["enterprise"], hall.json()["data_centre"]) == ("Taihang Compute", "ty-1")
+    away = client.post("/v1/sites", headers=taihang, json={
+        "name": "ty-bj", "enterprise": "Taihang Compute", "city": "北京", "in_province": False})
+    assert away.status_code == 201 and away.json()["in_province"] is False
+    for other in ("Fenhe Cloud", "Nobody Ltd."):
+        refused = client.post("/v1/sites", headers=taihang, json={
+            "name": "ty-2", "enterprise": other, "city": "太原"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == {
+            "code": "forbidden", "field": "enterprise",
+            "reason": "an operator creates sites for its own enterprise only"}
+    no_owner = client.post("/v1/sites", headers=admin, json={"name": "x-1", "city": "太原"})
+    assert no_owner.status_code == 422 and no_owner.json()["error"]["field"] == "enterprise"
+    for role in (Role.BUREAU, Role.VIEWER):
+        assert client.post("/v1/sites", headers=bearer(create_key(conn, role)), json={
+            "name": "x-1", "enterprise": "Fenhe Cloud", "city": "太原"}).status_code == 403
+
+    duplicate = client.post("/v1/sites", headers=bearer(fenhe.operator_key), json={
+        "name": "ty-1", "city": "大同"})
+    assert duplicate.status_code == 409, duplicate.text
+    assert duplicate.json()["error"]["field"] == "name"
+    assert "already exists" in duplicate.json()["error"]["reason"]
+    owners = dict(conn.execute("SELECT s.name, e.name FROM sites s"
+                               " JOIN enterprises e ON e.id = s.enterprise_id").fetchall())
+    assert owners == {"ty-1": "Taihang Compute", "ty-1-hall-b": "Taihang Compute",
+                      "ty-bj": "Taihang Compute", "fh-1": "Fenhe Cloud"}
+    listed = client.get("/v1/enterprises", headers=admin).json()
+    assert [(e["name"], e["sites"]) for e in listed] == [
+        ("Fenhe Cloud", 1), ("Taihang Compute", 3)]
+
+
+def test_a_site_changes_city_and_data_centre_but_never_its_enterprise(client, conn, admin):
+    taihang = make_org(conn, "Taihang Compute", "ty-1", "太原")
+    fenhe = make_org(conn, "Fenhe Cloud", "fh-1", "太原")
+    site_id = taihang.site.id
+    path = f"/v1/sites/{site_id}"
+
+    moved = client.patch(path, headers=bearer(taihang.operator_key),
+                         json={"data_centre": "taiyuan-campus"})
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["city"], moved.json()["data_centre"]) == ("太原", "taiyuan-campus")
+    renamed = client.patch(path, headers=admin, json={"city": "晋中"})
+    assert (renamed.json()["city"], renamed.json()["data_centre"]) == ("晋中", "taiyuan-campus")
+    assert client.patch(path, headers=admin, json={}).json() == renamed.json()  # no change
+
+    # Fenhe's operator is told Taihang's site does not exist, as for an id nobody has
+    stranger = client.patch(path, headers=bearer(fenhe.operator_key), json={"city": "大同"})
+    nobody = client.patch("/v1/sites/999999", headers=bearer(fenhe.operator_key),
+                          json={"city": "大同"})
+    assert stranger.status_code == nobody.status_code == 404
+    assert stranger.json()["error"] == {
+        **nobody.json()["error"], "reason": f"no site with id {site_id}"}
+    for body, field in (({"enterprise": "Fenhe Cloud"}, "enterprise"),
+                        ({"name": "fh-2"}, "name"), ({"city": " "}, "city")):
+        refused = client.patch(path, headers=admin, json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["field"] == field
+    assert client.patch(path, headers=bearer(create_key(conn, Role.BUREAU)),
+                        json={"city": "大同"}).status_code == 403
+    assert conn.execute("SELECT s.name, s.city, s.data_centre, e.name FROM sites s JOIN"
+                        " enterprises e ON e.id = s.enterprise_id WHERE s.id = %s",
+                        (site_id,)).fetchone() == ("ty-1", "晋中", "taiyuan-campus",
+                                                   "Taihang Compute")

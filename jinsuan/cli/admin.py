@@ -1,11 +1,11 @@
-"""Administration: API keys and agents through the platform's API, sites on its database.
+"""Administration: API keys, agents and sites through the platform's API.
 
-``jinsuan keys`` and ``jinsuan agents`` are clients of the API (``--url``/``JINSUAN_URL`` and an
-admin's, or for agents an operator's, ``--key``/``JINSUAN_API_KEY``), so that every change is
-checked by the platform's roles and written to its audit log. One path writes the database
-directly: ``jinsuan keys create --role admin`` without ``--url`` and ``--key``, run on the
-platform host, makes the first admin key, there being no key yet to call the API with.
-``jinsuan sites create|token`` still write the database directly.
+``jinsuan keys``, ``jinsuan agents`` and ``jinsuan sites`` are clients of the API
+(``--url``/``JINSUAN_URL`` and an admin's, or for agents and sites an operator's,
+``--key``/``JINSUAN_API_KEY``), so that every change is checked by the platform's roles and
+written to its audit log. One path writes the database directly: ``jinsuan keys create --role
+admin`` without ``--url`` and ``--key``, run on the platform host, makes the first admin key,
+there being no key yet to call the API with.
 """
 
 from __future__ import annotations
@@ -173,46 +173,39 @@ agents_app.command("revoke")(revoke_agent)
 @sites_app.command("create")
 def create_site(
     name: Annotated[str, typer.Argument()],
-    enterprise: Annotated[str, typer.Option()],
     city: Annotated[str, typer.Option()],
+    url: Url,
+    key: Key,
+    enterprise: Annotated[str | None, typer.Option(
+        help="The site's enterprise (created if new); an operator's key: its own, by default.")
+    ] = None,
     out_of_province: Annotated[bool, typer.Option(help="The site is outside Shanxi.")] = False,
     data_centre: Annotated[str | None, typer.Option(
         help="The data centre the site is part of (PUE and racks are judged per data centre);"
              " by default a data centre of its own, named after the site.")] = None,
 ) -> None:
-    """Register a site of an enterprise (the enterprise is created if new)."""
-    from jinsuan.kernel.errors import JinsuanError
-    from jinsuan.kernel.sites import create_site
-
-    with connection() as conn:
-        try:
-            site = create_site(conn, enterprise=enterprise, name=name, city=city,
-                               in_province=not out_of_province, data_centre=data_centre)
-        except JinsuanError as exc:
-            raise fail(exc.reason) from None
-    console.print(f"site {site.id} {site.name!r} in {site.city} for {site.enterprise},"
-                  f" data centre {site.data_centre!r}")
+    """Register a site: an admin's key for any enterprise, an operator's for its own."""
+    site = call("POST", url, key, "/v1/sites", json={
+        "name": name, "enterprise": enterprise, "city": city,
+        "in_province": not out_of_province, "data_centre": data_centre})
+    console.print(f"site {site['id']} {site['name']!r} in {site['city']} for"
+                  f" {site['enterprise']}, data centre {site['data_centre']!r}")
 
 
 @sites_app.command("token")
 def enrolment_token(
     site: Annotated[str, typer.Argument(help="The site's name.")],
+    url: Url,
+    key: Key,
     hours: Annotated[float, typer.Option(help="How long the token stays valid.")] = 24,
 ) -> None:
     """Create a one-time enrolment token for a site's agent."""
-    from datetime import timedelta
-
-    from jinsuan.kernel.errors import JinsuanError
-    from jinsuan.kernel.sites import create_enrolment_token, site_by_name
-
-    with connection() as conn:
-        try:
-            found = site_by_name(conn, site)
-        except JinsuanError as exc:
-            raise fail(exc.reason) from None
-        token = create_enrolment_token(conn, found.id, created_by=None,
-                                       valid_for=timedelta(hours=hours))
-    typer.echo(token)
+    found: list[dict[str, Any]] = call("GET", url, key, "/v1/sites", params={"site": site})
+    if not found:  # an operator's key: another enterprise's site is missing, as it is here
+        raise fail(f"no site named {site!r}")
+    made = call("POST", url, key, f"/v1/sites/{found[0]['id']}/enrolment-tokens",
+                json={"valid_for_hours": hours})
+    typer.echo(made["token"])
 
 
 sites_app.command("revoke-agent", help="The same as `jinsuan agents revoke`.")(revoke_agent)

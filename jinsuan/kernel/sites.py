@@ -72,6 +72,20 @@ def create_site(
     return get_site(conn, row[0])
 
 
+def update_site(
+    conn: psycopg.Connection, site_id: int, *, city: str | None = None,
+    data_centre: str | None = None,
+) -> Site:
+    """Change a site's city or data centre (what is None stays); never its enterprise nor its
+    name. Raises :class:`NotFound` when there is no such site."""
+    conn.execute(
+        "UPDATE sites SET city = coalesce(%s, city), data_centre = coalesce(%s, data_centre)"
+        " WHERE id = %s",
+        (city, data_centre, site_id),
+    )
+    return get_site(conn, site_id)
+
+
 def get_site(conn: psycopg.Connection, site_id: int) -> Site:
     with conn.cursor(row_factory=class_row(Site)) as cur:
         site = cur.execute(_SITE_SELECT + " WHERE s.id = %s", (site_id,)).fetchone()
