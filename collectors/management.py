@@ -35,7 +35,6 @@ from fastapi import APIRouter, Request
 from psycopg.rows import class_row
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from jinsuan.contract.creditcode import CreditCodeError, validate_credit_code
 from jinsuan.kernel.auth import (
     KeyCache,
     Principal,
@@ -50,6 +49,7 @@ from jinsuan.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from jinsuan.kernel.sites import (
     Site,
     check_manages,
+    checked_credit_code,
     create_site,
     enterprise_id,
     get_site,
@@ -123,7 +123,9 @@ class SiteRequest(BaseModel):
     enterprise: Name | None = Field(
         default=None, description="Required with an admin's key; an operator's is its own.")
     city: Name
-    in_province: bool = Field(default=True, description="False for a site outside Shanxi.")
+    in_province: bool | None = Field(
+        default=None, description="Admins only (whether a site is in Shanxi decides what the"
+        " policy pays on it): False for a site outside Shanxi; an operator's site is in it.")
     data_centre: Name | None = Field(
         default=None, description="The data centre the site is part of (PUE and racks are"
         " judged per data centre); by default one of its own, named after the site.")
@@ -178,13 +180,7 @@ def _enterprises(conn: psycopg.Connection, *, only: int | None = None) -> list[E
 
 
 def _create_enterprise(conn: psycopg.Connection, name: str, credit_code: str | None) -> int:
-    code = None
-    if credit_code is not None:
-        try:
-            code = validate_credit_code(credit_code)
-        except CreditCodeError as exc:
-            raise Invalid(f"not a unified social credit code: {exc.reason}",
-                          field="credit_code") from None
+    code = None if credit_code is None else checked_credit_code(credit_code)
     row = conn.execute(  # no conflict target: a taken name and a taken code both do nothing
         "INSERT INTO enterprises (name, credit_code) VALUES (%s, %s)"
         " ON CONFLICT DO NOTHING RETURNING id", (name, code)).fetchone()
@@ -325,8 +321,12 @@ def router() -> APIRouter:
     def create_a_site(body: SiteRequest, conn: ConnDep, principal: Managers) -> ManagedSite:
         """Register a site: an admin's for any enterprise (created when new), an operator's for
         its own; a data centre of its own unless ``data_centre`` names one."""
+        if body.in_province is not None and principal.role is not Role.ADMIN:
+            raise Forbidden("only an admin says whether a site is in Shanxi: it decides what"
+                            " the policy pays on the site", field="in_province")
         site = create_site(conn, enterprise=_site_enterprise(conn, principal, body.enterprise),
-                           name=body.name, city=body.city, in_province=body.in_province,
+                           name=body.name, city=body.city,
+                           in_province=body.in_province is not False,
                            data_centre=body.data_centre)
         return ManagedSite.of(site)
 

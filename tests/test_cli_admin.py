@@ -60,9 +60,14 @@ def test_keys_sites_and_tokens_from_the_command_line(served, database_url):
     assert made_key.exit_code == 0, made_key.output
     key = made_key.stdout.strip()
     own = ["--url", served, "--key", key]
-    # the operator's key: its own enterprise, left out; --out-of-province is in_province false
+    # the operator's key: its own enterprise, left out; whether a site is in Shanxi is an
+    # admin's say alone
+    away = runner.invoke(app, ["sites", "create", "taiyuan-1-hall-c", "--city", "太原",
+                               "--out-of-province", *own])
+    assert away.exit_code == 2 and "403: only an admin says whether a site is in Shanxi" in (
+        away.output)
     hall = runner.invoke(app, ["sites", "create", "taiyuan-1-hall-b", "--city", "太原",
-                               "--data-centre", "taiyuan-1", "--out-of-province", *own])
+                               "--data-centre", "taiyuan-1", *own])
     assert hall.exit_code == 0 and "for Example Co., data centre 'taiyuan-1'" in hall.output
     other = runner.invoke(app, ["sites", "create", "datong-1", "--enterprise", "Other Co.",
                                 "--city", "大同", *own])
@@ -81,7 +86,7 @@ def test_keys_sites_and_tokens_from_the_command_line(served, database_url):
         centres = {name: (centre, inside) for name, centre, inside in conn.execute(
             "SELECT name, data_centre, in_province FROM sites").fetchall()}
         assert centres == {"taiyuan-1": ("taiyuan-1", True),
-                           "taiyuan-1-hall-b": ("taiyuan-1", False)}
+                           "taiyuan-1-hall-b": ("taiyuan-1", True)}
         # the token made by the operator's key, valid for the 2 hours asked
         made_by, hours = conn.execute(
             "SELECT k.prefix, round(extract(epoch FROM t.expires_at - t.created_at) / 3600)"

@@ -253,9 +253,9 @@ def test_sites_are_created_by_an_admin_and_by_an_operator_for_its_own_enterprise
         "name": "ty-1-hall-b", "city": "太原", "data_centre": "ty-1"})
     assert hall.status_code == 201, hall.text
     assert (hall.json()["enterprise"], hall.json()["data_centre"]) == ("Taihang Compute", "ty-1")
-    away = client.post("/v1/sites", headers=taihang, json={
-        "name": "ty-bj", "enterprise": "Taihang Compute", "city": "北京", "in_province": False})
-    assert away.status_code == 201 and away.json()["in_province"] is False
+    named = client.post("/v1/sites", headers=taihang, json={
+        "name": "ty-3", "enterprise": "Taihang Compute", "city": "太原"})
+    assert named.status_code == 201 and named.json()["in_province"] is True
     for other in ("Fenhe Cloud", "Nobody Ltd."):
         refused = client.post("/v1/sites", headers=taihang, json={
             "name": "ty-2", "enterprise": other, "city": "太原"})
@@ -277,7 +277,7 @@ def test_sites_are_created_by_an_admin_and_by_an_operator_for_its_own_enterprise
     owners = dict(conn.execute("SELECT s.name, e.name FROM sites s"
                                " JOIN enterprises e ON e.id = s.enterprise_id").fetchall())
     assert owners == {"ty-1": "Taihang Compute", "ty-1-hall-b": "Taihang Compute",
-                      "ty-bj": "Taihang Compute", "fh-1": "Fenhe Cloud"}
+                      "ty-3": "Taihang Compute", "fh-1": "Fenhe Cloud"}
     listed = client.get("/v1/enterprises", headers=admin).json()
     assert [(e["name"], e["sites"]) for e in listed] == [
         ("Fenhe Cloud", 1), ("Taihang Compute", 3)]
@@ -315,3 +315,26 @@ def test_a_site_changes_city_and_data_centre_but_never_its_enterprise(client, co
                         " enterprises e ON e.id = s.enterprise_id WHERE s.id = %s",
                         (site_id,)).fetchone() == ("ty-1", "晋中", "taiyuan-campus",
                                                    "Taihang Compute")
+
+
+def test_only_an_admin_says_whether_a_site_is_in_shanxi(settings, db, conn) -> None:
+    """Whether a site is in the province decides what the policy pays on it: an operator's
+    site is registered in Shanxi, and an operator may not say otherwise (nor the reverse)."""
+    from jinsuan.kernel.sites import create_site
+
+    site = create_site(conn, enterprise="Alpha", name="alpha-1", city="太原")
+    operator = create_key(conn, Role.OPERATOR, enterprise_id=site.enterprise_id)
+    admin = create_key(conn, Role.ADMIN)
+    app, _ = make_app(settings, db)
+    with TestClient(app) as client:
+        for claim in (True, False):
+            refused = client.post("/v1/sites", headers=bearer(operator), json={
+                "name": f"alpha-{claim}", "city": "太原", "in_province": claim})
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["field"] == "in_province"
+        made = client.post("/v1/sites", headers=bearer(operator),
+                           json={"name": "alpha-2", "city": "太原"})
+        assert made.status_code == 201 and made.json()["in_province"] is True
+        outside = client.post("/v1/sites", headers=bearer(admin), json={
+            "name": "beijing-1", "city": "北京", "enterprise": "Alpha", "in_province": False})
+        assert outside.status_code == 201 and outside.json()["in_province"] is False

@@ -185,9 +185,10 @@ def create_site(
              " by default a data centre of its own, named after the site.")] = None,
 ) -> None:
     """Register a site: an admin's key for any enterprise, an operator's for its own."""
-    site = call("POST", url, key, "/v1/sites", json={
-        "name": name, "enterprise": enterprise, "city": city,
-        "in_province": not out_of_province, "data_centre": data_centre})
+    body = {"name": name, "enterprise": enterprise, "city": city, "data_centre": data_centre}
+    if out_of_province:  # an admin's say alone: an operator's site is in Shanxi
+        body["in_province"] = False
+    site = call("POST", url, key, "/v1/sites", json=body)
     console.print(f"site {site['id']} {site['name']!r} in {site['city']} for"
                   f" {site['enterprise']}, data centre {site['data_centre']!r}")
 

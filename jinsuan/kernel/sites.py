@@ -15,6 +15,7 @@ from datetime import timedelta
 import psycopg
 from psycopg.rows import class_row
 
+from jinsuan.contract.creditcode import CreditCodeError, validate_credit_code
 from jinsuan.contract.signing import BadKey, load_public_key
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
@@ -175,3 +176,12 @@ def revoke_agent(conn: psycopg.Connection, agent_id: str) -> bool:
     cur = conn.execute(
         "UPDATE agents SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (agent_id,))
     return cur.rowcount == 1
+
+
+def checked_credit_code(text: str, field: str = "credit_code") -> str:
+    """``text`` as a valid unified social credit code (GB 32100-2015), or :class:`Invalid`
+    saying what is wrong and where, naming ``field``."""
+    try:
+        return validate_credit_code(text)
+    except CreditCodeError as exc:
+        raise Invalid(f"not a unified social credit code: {exc.reason}", field=field) from None

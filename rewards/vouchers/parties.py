@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from jinsuan.contract.creditcode import CreditCodeError, validate_credit_code
 from jinsuan.kernel.auth import Principal
 from jinsuan.kernel.errors import Conflict, Invalid, NotFound
+from jinsuan.kernel.sites import checked_credit_code
 
 KINDS = ("company", "university", "research_institute")
 
@@ -23,17 +23,9 @@ class Applicant:
     in_province: bool
 
 
-def credit_code(text: str, field: str = "credit_code") -> str:
-    """``text`` as a valid credit code, or :class:`Invalid` saying what is wrong and where."""
-    try:
-        return validate_credit_code(text)
-    except CreditCodeError as exc:
-        raise Invalid(f"not a unified social credit code: {exc.reason}", field=field) from None
-
-
 def register_applicant(conn: psycopg.Connection, *, code: str, name: str, kind: str,
                        in_province: bool) -> Applicant:
-    checked = credit_code(code)
+    checked = checked_credit_code(code)
     if kind not in KINDS:
         raise Invalid(f"kind {kind!r} is not one of {', '.join(KINDS)}", field="kind")
     if not name.strip():
@@ -76,7 +68,7 @@ def bind_tenant(conn: psycopg.Connection, applicant_id: int, tenant: str) -> Non
 
 def set_enterprise_code(conn: psycopg.Connection, enterprise_id: int, code: str) -> str:
     """Record a provider enterprise's credit code (for the same-entity and affiliation rules)."""
-    checked = credit_code(code)
+    checked = checked_credit_code(code)
     try:
         conn.execute("UPDATE enterprises SET credit_code = %s WHERE id = %s",
                      (checked, enterprise_id))
@@ -89,7 +81,8 @@ def set_enterprise_code(conn: psycopg.Connection, enterprise_id: int, code: str)
 def affiliate(conn: psycopg.Connection, principal: Principal, code_a: str, code_b: str,
               note: str) -> None:
     """Register two entities as affiliated: neither may claim on the other's contracts."""
-    first, second = sorted((credit_code(code_a, "code_a"), credit_code(code_b, "code_b")))
+    first, second = sorted((checked_credit_code(code_a, "code_a"),
+                            checked_credit_code(code_b, "code_b")))
     if first == second:
         raise Invalid("an entity is not affiliated with itself", field="code_b")
     if not note.strip():
