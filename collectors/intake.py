@@ -61,6 +61,7 @@ from jinsuan.kernel.errors import (
     TooLarge,
     Unauthenticated,
 )
+from jinsuan.kernel.openapi import signed_body
 from jinsuan.kernel.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,7 @@ def router(intake: Intake) -> APIRouter:
         response_model=ReportAck,
         responses={401: {}, 403: {}, 409: {"model": ErrorResponse}, 413: {}, 415: {}, 422: {},
                    503: {}},
+        openapi_extra=signed_body(Batch, gzip=True),
     )
     async def post_report(request: Request) -> ReportAck | JSONResponse:
         """Store one signed batch of samples from a site agent (``jinsuan.contract.wire.Batch``)."""

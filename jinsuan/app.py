@@ -29,6 +29,7 @@ from jinsuan.kernel.errors import (
 )
 from jinsuan.kernel.gate import ConnectionGate
 from jinsuan.kernel.limits import BodyLimit
+from jinsuan.kernel.openapi import document_errors
 from jinsuan.kernel.platform import Platform
 from jinsuan.kernel.ratelimit import RateLimit, RateLimiter
 
@@ -156,4 +157,5 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(audit.router())
     for router in [*scheduler_routers(platform), *collector_routers(platform), *money]:
         app.include_router(router)
+    document_errors(app)
     return app

@@ -257,8 +257,13 @@ def header(sheet: Worksheet, columns: Sequence[str], widths: Sequence[int]) -> N
 
 
 def append(sheet: Worksheet, cells: list[Any]) -> None:
-    """Append a row; a text that openpyxl took for a formula stays text."""
-    sheet.append(cells)
+    """Append a row; a text that openpyxl took for a formula stays text, and a control
+    character the XLSX's XML cannot hold (the store takes it in a name) shows as U+FFFD rather
+    than failing the whole file."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    sheet.append([ILLEGAL_CHARACTERS_RE.sub("\ufffd", cell) if isinstance(cell, str) else cell
+                  for cell in cells])
     for cell in sheet[sheet.max_row]:
         if cell.data_type == "f":
             cell.data_type = "s"

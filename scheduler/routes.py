@@ -34,6 +34,7 @@ from jinsuan.kernel.agentauth import SignedBy, verify_agent_request
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow, public
 from jinsuan.kernel.errors import Forbidden, Invalid
+from jinsuan.kernel.openapi import signed_body
 from jinsuan.kernel.platform import Platform
 from jinsuan.kernel.sites import check_manages, check_sees, get_site
 from scheduler import metrics
@@ -100,7 +101,8 @@ class SiteSchedulingShown(SiteScheduling):
 
 
 class TenantShare(BaseModel):
-    weight: Decimal = Field(gt=0, le=Decimal(1000))
+    # the column keeps 3 decimals and must stay above 0: a smaller weight would round to 0
+    weight: Decimal = Field(ge=Decimal("0.001"), le=Decimal(1000))
 
 
 def _own_tenant(principal: Principal) -> str | None:
@@ -247,7 +249,7 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
     answering = anyio.CapacityLimiter(service.cfg.lease_workers)
 
     @api.post(LEASES_PATH, response_model=LeaseReply, dependencies=[public(_SIGNED)],
-              responses={401: {}, 409: {}, 422: {}})
+              responses={401: {}, 409: {}, 422: {}}, openapi_extra=signed_body(LeaseRequest))
     async def lease(request: Request) -> Response:
         """An agent's lease request and heartbeat (``leasewire.LeaseRequest``); held up to
         ``wait_s`` while there is nothing new for the agent (long poll). Judged as of its
@@ -268,7 +270,8 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
         return _json(reply)
 
     @api.post("/v1/runs/{run_id}/events", response_model=EventAck,
-              dependencies=[public(_SIGNED)], responses={401: {}, 404: {}, 409: {}, 422: {}})
+              dependencies=[public(_SIGNED)], responses={401: {}, 404: {}, 409: {}, 422: {}},
+              openapi_extra=signed_body(RunEvent))
     async def event(run_id: str, request: Request) -> EventAck:
         """One state change of one run, under the run's fencing token."""
         body = await _body(request, _MAX_EVENT_BODY)

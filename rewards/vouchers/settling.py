@@ -15,7 +15,7 @@ from jinsuan.kernel import ledger
 from jinsuan.kernel.auth import Principal
 from jinsuan.kernel.errors import Conflict, Invalid, NotFound
 from jinsuan.kernel.ledger import Move
-from rewards.policy import in_force
+from rewards.policy import PolicyError, in_force
 from rewards.vouchers.issuing import MEASURE
 
 _MONTHS = {"month": 1, "quarter": 3, "year": 12}
@@ -23,8 +23,12 @@ _MONTHS = {"month": 1, "quarter": 3, "year": 12}
 
 def period_of(day: date) -> tuple[date, date]:
     """The settlement period (the policy file's: quarter by default) holding ``day``, as
-    inclusive Asia/Shanghai dates."""
-    months = _MONTHS[in_force(day.year).measures[MEASURE].choice("settlement_period")]
+    inclusive Asia/Shanghai dates. A day no policy version covers is the caller's mistake."""
+    try:
+        policy = in_force(day.year)
+    except PolicyError as exc:
+        raise Invalid(str(exc), field="day") from None
+    months = _MONTHS[policy.measures[MEASURE].choice("settlement_period")]
     first_month = (day.month - 1) // months * months + 1
     start = date(day.year, first_month, 1)
     after = date(day.year + (first_month + months - 1) // 12,
