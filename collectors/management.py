@@ -67,6 +67,8 @@ class KeyRequest(BaseModel):
     role: Role
     enterprise: str | None = Field(default=None, description="An operator key's enterprise.")
     tenant: str | None = Field(default=None, description="A dispatcher key's tenant.")
+    applicant_id: int | None = Field(
+        default=None, description="An applicant key's voucher applicant (GET /v1/vouchers/...).")
     label: str = Field(default="", max_length=200, description="Who holds the key.")
     expires_at: AwareDatetime | None = Field(
         default=None, description="Refused from then on, as a revoked key is; never by default.")
@@ -77,6 +79,7 @@ class KeyOut(BaseModel):
     role: Role
     enterprise: str | None
     tenant: str | None
+    applicant_id: int | None
     label: str
     created_at: datetime
     expires_at: datetime | None
@@ -155,7 +158,8 @@ class ManagedSite(BaseModel):
 
 
 _KEY_SELECT = (
-    "SELECT k.prefix, k.role, e.name AS enterprise, k.tenant, k.label, k.created_at,"
+    "SELECT k.prefix, k.role, e.name AS enterprise, k.tenant, k.applicant_id, k.label,"
+    " k.created_at,"
     " k.expires_at, k.revoked_at FROM api_keys k LEFT JOIN enterprises e ON e.id = k.enterprise_id"
 )
 _AGENT_SELECT = (
@@ -236,10 +240,15 @@ def router() -> APIRouter:
     @api.post("/v1/keys", status_code=201)
     def create(body: KeyRequest, conn: ConnDep, _: Admin) -> NewKey:
         """Create a key bound to a role and its owner (an operator's enterprise, a dispatcher's
-        tenant); its secret is answered this once."""
+        tenant, an applicant's voucher applicant); its secret is answered this once."""
         owner = enterprise_id(conn, body.enterprise) if body.enterprise is not None else None
+        if body.applicant_id is not None and conn.execute(
+                "SELECT 1 FROM voucher_applicants WHERE id = %s",
+                (body.applicant_id,)).fetchone() is None:
+            raise NotFound(f"no applicant {body.applicant_id}", field="applicant_id")
         key = create_key(conn, body.role, enterprise_id=owner, tenant=body.tenant,
-                         label=body.label, expires_at=body.expires_at)
+                         label=body.label, expires_at=body.expires_at,
+                         applicant_id=body.applicant_id)
         return NewKey(key=key, **_key(conn, prefix_of(key)).model_dump())
 
     @api.get("/v1/keys")

@@ -48,7 +48,7 @@ from rewards.store import assess
 from rewards.vouchers import drawing
 
 MATRIX = Path(__file__).parents[1] / "docs" / "access-matrix.csv"
-ROLES = ("admin", "bureau", "viewer", "operator", "dispatcher", "metrics")
+ROLES = ("admin", "bureau", "viewer", "operator", "dispatcher", "metrics", "applicant")
 HEADER = ["method", "path", "no_key", *ROLES, "notes"]
 BODY_METHODS = ("POST", "PUT", "PATCH")
 PLACEHOLDER = "999999"  # an id, a name or a run that nothing in the world has
@@ -73,6 +73,7 @@ PUBLIC_ANSWERS = {
 OWNED = {
     "operator": {"site_id", "enterprise", "job_id", "voucher_id", "agent_id"},
     "dispatcher": {"job_id", "voucher_id", "applicant"},
+    "applicant": {"job_id", "voucher_id", "applicant"},
 }
 
 
@@ -94,7 +95,7 @@ def _read_matrix() -> list[Row]:
         reader = csv.reader(source)
         header = next(reader)
         assert header == HEADER, f"{MATRIX.name}: the header must be {','.join(HEADER)}"
-        return [Row(r[0], r[1], r[2], dict(zip(ROLES, r[3:9], strict=True)), r[9])
+        return [Row(r[0], r[1], r[2], dict(zip(ROLES, r[3:10], strict=True)), r[10])
                 for r in reader]
 
 
@@ -142,9 +143,13 @@ def walk(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
                         "metrics": create_key(conn, Role.METRICS),
                         "operator": create_key(conn, Role.OPERATOR,
                                                enterprise_id=world.taihang),
-                        "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-a")}
+                        "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-a"),
+                        "applicant": create_key(conn, Role.APPLICANT,
+                                                applicant_id=world.a.id)}
                 second = {"operator": create_key(conn, Role.OPERATOR, enterprise_id=fenhe),
-                          "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-b")}
+                          "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-b"),
+                          "applicant": create_key(conn, Role.APPLICANT,
+                                                  applicant_id=world.b.id)}
                 revoked = create_key(conn, Role.ADMIN)
                 assert revoke_key(conn, revoked.split("_")[1])
                 spare = create_key(conn, Role.ADMIN, label="revoked and rotated by the walk")
@@ -156,7 +161,8 @@ def walk(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
                           "to": "2026-04-01T00:00:00+08:00",
                           "agent_id": world.sites["ty-1"].agent_id, "prefix": prefix_of(spare)}
                 markers = {"operator": ("Taihang Compute", "ty-1"),
-                           "dispatcher": ("lab-a", "清源智能", job_a)}
+                           "dispatcher": ("lab-a", "清源智能", job_a),
+                           "applicant": ("清源智能", job_a)}
             app, _ = make_app(settings, database)
             operations = {(method.upper(), path): operation
                           for path, item in app.openapi()["paths"].items()

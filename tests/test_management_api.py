@@ -53,8 +53,9 @@ def test_an_admin_creates_lists_rotates_and_revokes_keys(client, conn, admin):
     assert listed.status_code == 200
     [row] = [r for r in listed.json() if r["prefix"] == prefix]
     assert row == {"prefix": prefix, "role": "operator", "enterprise": "Taihang Compute",
-                   "tenant": None, "label": "ops desk", "created_at": row["created_at"],
-                   "expires_at": row["expires_at"], "revoked_at": None}
+                   "tenant": None, "applicant_id": None, "label": "ops desk",
+                   "created_at": row["created_at"], "expires_at": row["expires_at"],
+                   "revoked_at": None}
     assert datetime.fromisoformat(row["expires_at"]) == datetime.fromisoformat(expires)
     secret = key.split("_", 2)[2]
     stored = conn.execute("SELECT secret_sha256 FROM api_keys WHERE prefix = %s",

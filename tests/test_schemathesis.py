@@ -32,7 +32,8 @@ from jinsuan.kernel.auth import Role, create_key
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import Database
 
-CALLERS = ("no_key", "admin", "bureau", "viewer", "operator", "dispatcher", "metrics")
+CALLERS = ("no_key", "admin", "bureau", "viewer", "operator", "dispatcher", "metrics",
+           "applicant")
 EXAMPLES = 5
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
@@ -70,7 +71,9 @@ def fuzzed(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPat
                         "metrics": create_key(conn, Role.METRICS),
                         "operator": create_key(conn, Role.OPERATOR,
                                                enterprise_id=world.taihang),
-                        "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-a")}
+                        "dispatcher": create_key(conn, Role.DISPATCHER, tenant="lab-a"),
+                        "applicant": create_key(conn, Role.APPLICANT,
+                                                applicant_id=world.a.id)}
             app, _ = make_app(settings_, database)
             with TestClient(app):  # runs the app's lifespan around the fuzzing
                 yield Fuzzed(schemathesis.openapi.from_asgi("/openapi.json", app), keys)

@@ -134,3 +134,41 @@ def test_the_voucher_command_line(settings, db, conn, tmp_path) -> None:
         assert "60000.00 issued, 6.40 drawn, 59993.60 left" in shown.output
         listed = runner.invoke(cli, ["voucher", "list", "--url", url, "--key", lab])
         assert listed.exit_code == 0 and "Taihang" in listed.output and "清源" in listed.output
+
+
+def test_an_applicant_key_applies_and_reads_its_own_and_runs_nothing(settings, db, conn) -> None:
+    """An applicant's own staff (the `applicant` role): it applies for its applicant and reads
+    that applicant's applications, vouchers, draws and statements; another applicant's are
+    answered as missing; it submits no job."""
+    world = World(conn, db)
+    mine = create_key(conn, Role.APPLICANT, applicant_id=world.a.id)
+    theirs = create_key(conn, Role.APPLICANT, applicant_id=world.b.id)
+    app, _ = make_app(settings, db)
+    with TestClient(app) as client:
+        applied = client.post("/v1/vouchers/applications", headers=bearer(mine), json={
+            "provider": "Taihang Compute", "contract_id": "QY-9", "amount": "100000.00",
+            "starts_on": "2026-01-01", "ends_on": "2026-12-31", "evidence": PAPERS})
+        assert applied.status_code == 201, applied.text
+        number = applied.json()["id"]
+        stored = conn.execute("SELECT applicant_id FROM voucher_applications WHERE id = %s",
+                              (number,)).fetchone()[0]
+        assert stored == world.a.id
+        assert [a["id"] for a in client.get("/v1/vouchers/applications",
+                                            headers=bearer(mine)).json()] == [number]
+        assert client.get("/v1/vouchers/applications", headers=bearer(theirs)).json() == []
+        issuing.recommend(conn, world.maker, number)
+        voucher = issuing.approve(conn, world.checker, number, on=date(2026, 3, 1)).voucher_id
+        job = world.run("lab-a", "ty-1", voucher, hours=1)  # its tenant's job
+        drawing.draw_pending(conn)
+        assert client.get(f"/v1/vouchers/{voucher}", headers=bearer(mine)).status_code == 200
+        assert client.get(f"/v1/vouchers/{voucher}", headers=bearer(theirs)).status_code == 404
+        assert client.get(f"/v1/vouchers/draws/by-job/{job}", headers=bearer(mine)
+                          ).json()[0]["amount"] == "6.40"
+        assert client.get(f"/v1/vouchers/draws/by-job/{job}", headers=bearer(theirs)
+                          ).status_code == 404
+        assert client.get("/v1/vouchers/statements/applicant.csv", headers=bearer(mine),
+                          params={"applicant": world.a.id}).status_code == 200
+        assert client.get("/v1/vouchers/statements/applicant.csv", headers=bearer(theirs),
+                          params={"applicant": world.a.id}).status_code == 404
+        assert client.post("/v1/jobs", headers=bearer(mine), json={
+            "project": "p", "payload": {"command": ["true"]}}).status_code == 403

@@ -63,11 +63,13 @@ def _moment(text: str | None) -> datetime | None:
 def create_key(
     role: Annotated[str, typer.Option(
         help="operator, dispatcher, bureau (reviews and pays), viewer (the bureau, read-only),"
-             " admin or metrics")],
+             " applicant (a voucher applicant's staff), admin or metrics")],
     url: MaybeUrl = None,
     key: MaybeKey = None,
     enterprise: Annotated[str | None, typer.Option(help="The operator's enterprise.")] = None,
     tenant: Annotated[str | None, typer.Option(help="The dispatcher's tenant.")] = None,
+    applicant: Annotated[int | None, typer.Option(
+        help="The applicant key's voucher applicant (its id).")] = None,
     label: Annotated[str, typer.Option(help="A note saying who holds the key.")] = "",
     expires_at: Annotated[str | None, typer.Option(
         help="Refused from then on, e.g. 2027-01-01 (Asia/Shanghai unless a zone is given);"
@@ -87,7 +89,8 @@ def create_key(
     expiry = _moment(expires_at)
     if url is not None and key is not None:
         made = call("POST", url, key, "/v1/keys", json={
-            "role": parsed.value, "enterprise": enterprise, "tenant": tenant, "label": label,
+            "role": parsed.value, "enterprise": enterprise, "tenant": tenant,
+            "applicant_id": applicant, "label": label,
             "expires_at": None if expiry is None else expiry.isoformat()})
         typer.echo(made["key"])
         return

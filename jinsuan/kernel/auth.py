@@ -30,6 +30,7 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"  # the bureau's read-only staff: read what the bureau reads, change nothing
     ADMIN = "admin"  # runs the platform
     METRICS = "metrics"  # a Prometheus scraper: the per-site figures of /metrics/sites only
+    APPLICANT = "applicant"  # a voucher applicant's staff: its applications and vouchers
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Principal:
     role: Role
     enterprise_id: int | None = None
     tenant: str | None = None
+    applicant_id: int | None = None
 
 
 _VALID = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
@@ -56,6 +58,7 @@ def create_key(
     tenant: str | None = None,
     label: str = "",
     expires_at: datetime | None = None,
+    applicant_id: int | None = None,
 ) -> str:
     """Create a key and return it; only its hash is stored, so this is the one time it is seen."""
     if (role is Role.OPERATOR) != (enterprise_id is not None):
@@ -64,17 +67,21 @@ def create_key(
     if (role is Role.DISPATCHER) != (tenant is not None):
         raise Invalid("a dispatcher key needs a tenant, and only a dispatcher key has one",
                       field="tenant")
+    if (role is Role.APPLICANT) != (applicant_id is not None):
+        raise Invalid("an applicant key needs an applicant, and only an applicant key has one",
+                      field="applicant_id")
     if expires_at is not None and (expires_at.tzinfo is None or expires_at <= datetime.now(UTC)):
         raise Invalid("an expiry is a moment to come, with its time zone", field="expires_at")
-    return _insert(conn, role.value, enterprise_id, tenant, label, expires_at)
+    return _insert(conn, role.value, enterprise_id, tenant, label, expires_at, applicant_id)
 
 
 def _insert(conn: psycopg.Connection, *row: object) -> str:
-    """Store a new key of ``row`` (role, enterprise_id, tenant, label, expires_at); return it."""
+    """Store a new key of ``row`` (role, enterprise_id, tenant, label, expires_at,
+    applicant_id); return it."""
     prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     conn.execute(
         "INSERT INTO api_keys (prefix, secret_sha256, role, enterprise_id, tenant, label,"
-        " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        " expires_at, applicant_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (prefix, _sha256(secret), *row),
     )
     return f"jsk_{prefix}_{secret}"
@@ -90,13 +97,13 @@ def authenticate(conn: psycopg.Connection, presented: str) -> Principal | None:
     if len(parts) != 3 or parts[0] != "jsk":
         return None
     row = conn.execute(
-        "SELECT id, secret_sha256, role, enterprise_id, tenant FROM api_keys"
+        "SELECT id, secret_sha256, role, enterprise_id, tenant, applicant_id FROM api_keys"
         f" WHERE prefix = %s AND {_VALID}",
         (parts[1],),
     ).fetchone()
     if row is None or not hmac.compare_digest(bytes(row[1]), _sha256(parts[2])):
         return None
-    return Principal(row[0], Role(row[2]), row[3], row[4])
+    return Principal(row[0], Role(row[2]), row[3], row[4], row[5])
 
 
 KEY_CACHE_TTL_S = 5.0
@@ -178,7 +185,7 @@ def rotate_key(conn: psycopg.Connection, prefix: str) -> tuple[int, str] | None:
     with conn.transaction():
         row = conn.execute(
             f"UPDATE api_keys SET revoked_at = now() WHERE prefix = %s AND {_VALID}"
-            " RETURNING id, role, enterprise_id, tenant, label, expires_at",
+            " RETURNING id, role, enterprise_id, tenant, label, expires_at, applicant_id",
             (prefix,),
         ).fetchone()
         if row is None:

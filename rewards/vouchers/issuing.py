@@ -25,7 +25,7 @@ from jinsuan.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from jinsuan.kernel.ledger import Move
 from rewards.declarations import EVIDENCE, validated
 from rewards.policy import Measure, Policy, PolicyError, in_force
-from rewards.vouchers.parties import affiliation, applicant_of_tenant
+from rewards.vouchers.parties import acting_applicant, affiliation
 
 MEASURE = "9"
 
@@ -65,7 +65,7 @@ def apply(conn: psycopg.Connection, principal: Principal, contract: Contract) ->
     registered as affiliated with it, support already given for measure 9, a second
     application for the same contract.
     """
-    who = applicant_of_tenant(conn, principal.tenant or "")
+    who = acting_applicant(conn, principal)
     if who is None:
         raise Forbidden(f"tenant {principal.tenant!r} acts for no voucher applicant; an admin"
                         " binds a tenant to its applicant", field="tenant")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from jinsuan.kernel.auth import Principal
+from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.errors import Conflict, Invalid, NotFound
 from jinsuan.kernel.sites import checked_credit_code
 
@@ -54,6 +54,16 @@ def applicant_of_tenant(conn: psycopg.Connection, tenant: str) -> Applicant | No
         " JOIN voucher_applicant_tenants t ON t.applicant_id = a.id WHERE t.tenant = %s",
         (tenant,)).fetchone()
     return Applicant(*row) if row else None
+
+
+def acting_applicant(conn: psycopg.Connection, principal: Principal) -> Applicant | None:
+    """The applicant a key acts for: an applicant key's own; a dispatcher's, through the
+    tenant it submits for; None for anyone else."""
+    if principal.role is Role.APPLICANT and principal.applicant_id is not None:
+        return applicant(conn, principal.applicant_id)
+    if principal.role is Role.DISPATCHER:
+        return applicant_of_tenant(conn, principal.tenant or "")
+    return None
 
 
 def bind_tenant(conn: psycopg.Connection, applicant_id: int, tenant: str) -> None:

@@ -28,10 +28,11 @@ from rewards.vouchers import drawing, exports, issuing, parties, settling
 Admin = Annotated[Principal, allow(Role.ADMIN)]
 Bureau = Annotated[Principal, allow(Role.BUREAU)]
 BureauOrAdmin = Annotated[Principal, allow(Role.BUREAU, Role.ADMIN)]
-Dispatcher = Annotated[Principal, allow(Role.DISPATCHER)]
-Parties = Annotated[Principal, allow(Role.DISPATCHER, Role.OPERATOR, Role.BUREAU, Role.VIEWER,
-                                           Role.ADMIN)]
-Applicants = Annotated[Principal, allow(Role.DISPATCHER, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
+Appliers = Annotated[Principal, allow(Role.DISPATCHER, Role.APPLICANT)]
+Parties = Annotated[Principal, allow(Role.DISPATCHER, Role.APPLICANT, Role.OPERATOR, Role.BUREAU,
+                                           Role.VIEWER, Role.ADMIN)]
+Applicants = Annotated[Principal, allow(Role.DISPATCHER, Role.APPLICANT, Role.BUREAU,
+                                              Role.VIEWER, Role.ADMIN)]
 Providers = Annotated[Principal, allow(Role.OPERATOR, Role.BUREAU, Role.VIEWER, Role.ADMIN)]
 Enterprise = Annotated[str, Query(max_length=200)]
 Day = Annotated[date, Query(description="Any day of the period.")]
@@ -114,7 +115,7 @@ def router() -> APIRouter:
         return {"status": "recorded"}
 
     @api.post("/applications", status_code=201)
-    def apply(body: ApplicationIn, conn: ConnDep, principal: Dispatcher) -> dict[str, int]:
+    def apply(body: ApplicationIn, conn: ConnDep, principal: Appliers) -> dict[str, int]:
         """Apply for a voucher against a compute service contract with a Shanxi provider."""
         number = issuing.apply(conn, principal, issuing.Contract(
             provider=body.provider, contract_id=body.contract_id, amount=body.amount,
@@ -197,8 +198,11 @@ def router() -> APIRouter:
             "SELECT j.tenant, array_agg(s.enterprise_id) FROM jobs j"
             " LEFT JOIN runs r ON r.job_id = j.id LEFT JOIN sites s ON s.id = r.site_id"
             " WHERE j.id = %s GROUP BY j.tenant", (job_id,)).fetchone()
+        applicant = parties.applicant_of_tenant(conn, job[0]) if job is not None else None
         if job is None or (principal.role is Role.DISPATCHER and job[0] != principal.tenant) \
-                or (principal.role is Role.OPERATOR and principal.enterprise_id not in job[1]):
+                or (principal.role is Role.OPERATOR and principal.enterprise_id not in job[1]) \
+                or (principal.role is Role.APPLICANT
+                    and (applicant is None or applicant.id != principal.applicant_id)):
             raise NotFound(f"no job {job_id}", field="job")
         rows = conn.execute(
             "SELECT usage_record_id, voucher_id, amount, reason, drawn_at FROM voucher_draws"
@@ -227,8 +231,8 @@ def router() -> APIRouter:
         """An applicant's statement as CSV, XLSX or PDF: every voucher (issued, drawn,
         balance), each usage record decided against it (drawn, or nothing and why). A
         dispatcher gets the applicant its tenant acts for only."""
-        if principal.role is Role.DISPATCHER:
-            mine = parties.applicant_of_tenant(conn, principal.tenant or "")
+        if principal.role in (Role.DISPATCHER, Role.APPLICANT):
+            mine = parties.acting_applicant(conn, principal)
             if mine is None or mine.id != applicant:
                 raise NotFound(f"no applicant {applicant}", field="applicant")
         return _download(exports.applicant_statement(conn, applicant), kind)
@@ -249,8 +253,8 @@ def router() -> APIRouter:
 def _scope(conn: psycopg.Connection, principal: Principal, applicant_column: str,
            provider_column: str) -> tuple[str, dict[str, Any]]:
     """The SQL condition limiting rows to what the caller may see."""
-    if principal.role is Role.DISPATCHER:
-        who = parties.applicant_of_tenant(conn, principal.tenant or "")
+    if principal.role in (Role.DISPATCHER, Role.APPLICANT):
+        who = parties.acting_applicant(conn, principal)
         return f"{applicant_column} = %(applicant)s", {"applicant": who.id if who else -1}
     if principal.role is Role.OPERATOR:
         return f"{provider_column} = %(provider)s", {"provider": principal.enterprise_id}
