@@ -44,42 +44,46 @@ SELECT date_bin('1 day', placed_at, timestamptz '2000-01-01 00:00+00'), site_id,
        count(*)
 FROM runs GROUP BY 1, 2, 3;
 
--- Placements in [p_from, p_to) per bucket of p_bucket_s seconds and site: the whole hours (or
--- days) inside the range from the rollups, with buckets of at least that size, when
--- rollup_source() says the range is long; the partial hours or days at its edges, and short
--- ranges, from the runs.
+-- How a long-range panel splits its range [p_from, p_to) by rollup_source(): the whole buckets
+-- of the rollup's grain (an hour up to 31 days, a day beyond), [lo, hi), are read from the
+-- rollup, the edges [p_from, lo) and [hi, p_to) from the raw rows; a short range ('raw') is
+-- all edge (lo = hi = p_to). The bucket width is at least the grain.
+CREATE FUNCTION rollup_window(p_from timestamptz, p_to timestamptz, p_bucket_s double precision)
+RETURNS TABLE (source text, width interval, lo timestamptz, hi timestamptz)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT s.name,
+           make_interval(secs => greatest(p_bucket_s, coalesce(extract(epoch FROM g.step), 0))),
+           CASE WHEN g.step IS NULL THEN p_to
+                ELSE greatest(p_from, least(p_to, date_bin(g.step,
+                     p_from + g.step - interval '1 microsecond',
+                     timestamptz '2000-01-01 00:00+00'))) END,
+           CASE WHEN g.step IS NULL THEN p_to
+                ELSE greatest(p_from, least(p_to, date_bin(g.step, p_to,
+                     timestamptz '2000-01-01 00:00+00'))) END
+    FROM (SELECT rollup_source(p_from, p_to) AS name) s
+    CROSS JOIN LATERAL (SELECT CASE s.name WHEN 'raw' THEN NULL WHEN 'hourly'
+                               THEN interval '1 hour' ELSE interval '1 day' END AS step) g
+$$;
+
+-- Placements in [p_from, p_to) per bucket of p_bucket_s seconds and site, split by
+-- rollup_window(): whole hours or days from the rollups, the edges from the runs.
 CREATE FUNCTION placement_points(p_from timestamptz, p_to timestamptz,
                                  p_bucket_s double precision, p_tenants text[],
                                  p_sites bigint[])
 RETURNS TABLE (ts timestamptz, site_id bigint, placements bigint)
 LANGUAGE sql STABLE AS $$
-    WITH source AS (
-        SELECT rollup_source(p_from, p_to) AS name
-    ), grain AS (
-        SELECT CASE name WHEN 'raw' THEN NULL WHEN 'hourly' THEN interval '1 hour'
-                         ELSE interval '1 day' END AS step
-        FROM source
-    ), setting AS (
-        SELECT make_interval(secs => greatest(p_bucket_s,
-                             coalesce(extract(epoch FROM step), 0))) AS width,
-               CASE WHEN step IS NULL THEN p_to
-                    ELSE greatest(p_from, least(p_to, date_bin(step,
-                         p_from + step - interval '1 microsecond',
-                         timestamptz '2000-01-01 00:00+00'))) END AS lo,
-               CASE WHEN step IS NULL THEN p_to
-                    ELSE greatest(p_from, least(p_to, date_bin(step, p_to,
-                         timestamptz '2000-01-01 00:00+00'))) END AS hi
-        FROM grain
+    WITH setting AS (
+        SELECT * FROM rollup_window(p_from, p_to, p_bucket_s)
     ), counted AS (
         SELECT h.hour AS at, h.site_id, h.placements::bigint AS n
         FROM setting, rollup_placements_hourly h
-        WHERE (SELECT name FROM source) = 'hourly'
+        WHERE setting.source = 'hourly'
           AND h.hour >= setting.lo AND h.hour < greatest(setting.lo, setting.hi)
           AND h.tenant = ANY(p_tenants) AND h.site_id = ANY(p_sites)
         UNION ALL
         SELECT d.day, d.site_id, d.placements::bigint
         FROM setting, rollup_placements_daily d
-        WHERE (SELECT name FROM source) = 'daily'
+        WHERE setting.source = 'daily'
           AND d.day >= setting.lo AND d.day < greatest(setting.lo, setting.hi)
           AND d.tenant = ANY(p_tenants) AND d.site_id = ANY(p_sites)
         UNION ALL  -- each edge a plain range of placed_at, so runs_placed_at serves it

@@ -63,40 +63,25 @@ SELECT date_bin('1 day', ended_at, timestamptz '2000-01-01 00:00+00'),
 FROM jobs WHERE ended_at IS NOT NULL GROUP BY 1, 2, 3, 4;
 
 -- Jobs ended in [p_from, p_to) per bucket of p_bucket_s seconds and end state, for the sites
--- p_sites (0 among them: the jobs that never reached a site): whole hours or days from the
--- rollups by rollup_source(), the range's edges and short ranges from the jobs.
+-- p_sites (0 among them: the jobs that never reached a site), split by rollup_window(): whole
+-- hours or days from the rollups, the edges from the jobs.
 CREATE FUNCTION outcome_points(p_from timestamptz, p_to timestamptz,
                                p_bucket_s double precision, p_tenants text[],
                                p_sites bigint[])
 RETURNS TABLE (ts timestamptz, state text, jobs bigint)
 LANGUAGE sql STABLE AS $$
-    WITH source AS (
-        SELECT rollup_source(p_from, p_to) AS name
-    ), grain AS (
-        SELECT CASE name WHEN 'raw' THEN NULL WHEN 'hourly' THEN interval '1 hour'
-                         ELSE interval '1 day' END AS step
-        FROM source
-    ), setting AS (
-        SELECT make_interval(secs => greatest(p_bucket_s,
-                             coalesce(extract(epoch FROM step), 0))) AS width,
-               CASE WHEN step IS NULL THEN p_to
-                    ELSE greatest(p_from, least(p_to, date_bin(step,
-                         p_from + step - interval '1 microsecond',
-                         timestamptz '2000-01-01 00:00+00'))) END AS lo,
-               CASE WHEN step IS NULL THEN p_to
-                    ELSE greatest(p_from, least(p_to, date_bin(step, p_to,
-                         timestamptz '2000-01-01 00:00+00'))) END AS hi
-        FROM grain
+    WITH setting AS (
+        SELECT * FROM rollup_window(p_from, p_to, p_bucket_s)
     ), counted AS (
         SELECT h.hour AS at, h.state, h.jobs::bigint AS n
         FROM setting, rollup_outcomes_hourly h
-        WHERE (SELECT name FROM source) = 'hourly'
+        WHERE setting.source = 'hourly'
           AND h.hour >= setting.lo AND h.hour < greatest(setting.lo, setting.hi)
           AND h.tenant = ANY(p_tenants) AND h.site_id = ANY(p_sites)
         UNION ALL
         SELECT d.day, d.state, d.jobs::bigint
         FROM setting, rollup_outcomes_daily d
-        WHERE (SELECT name FROM source) = 'daily'
+        WHERE setting.source = 'daily'
           AND d.day >= setting.lo AND d.day < greatest(setting.lo, setting.hi)
           AND d.tenant = ANY(p_tenants) AND d.site_id = ANY(p_sites)
         UNION ALL  -- each edge a plain range of ended_at, so jobs_ended_at serves it
