@@ -12,14 +12,14 @@ start of the Asia/Shanghai month ``to`` ends, so a bare ``GET /v1/usage`` is thi
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from jinsuan.contract.policytime import SHANGHAI, days_bounds, month_bounds
+from jinsuan.contract.policytime import SHANGHAI, month_bounds, parse_moment
 from jinsuan.kernel.auth import Principal, Role
 from jinsuan.kernel.deps import ConnDep, allow
 from jinsuan.kernel.errors import Invalid
@@ -137,18 +137,9 @@ def usage_router() -> APIRouter:
 def _moment(name: str, text: str) -> datetime:
     """A day (its midnight, Asia/Shanghai) or a moment that carries its time zone."""
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        return days_bounds(day, day)[0]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Invalid(f"{text!r} is not {_WHEN}", field=name) from None
-    if moment.tzinfo is None:
-        raise Invalid(f"{text!r} has no time zone: give {_WHEN}", field=name)
-    return moment
+        return parse_moment(text)
+    except ValueError as exc:
+        raise Invalid(f"{text!r} {exc}: give {_WHEN}", field=name) from None
 
 
 def _month_start(end: datetime) -> datetime:

@@ -3,7 +3,7 @@ keeps (docs/metering.md, "Traceability"), on the platform's database."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -19,21 +19,12 @@ _WHEN = ("a day, YYYY-MM-DD (its midnight, Asia/Shanghai), or a moment with its 
 
 def _moment(option: str, text: str) -> datetime:
     """A day (midnight Beijing time, as the policy's dates are) or an aware moment."""
-    from jinsuan.contract.policytime import days_bounds
+    from jinsuan.contract.policytime import parse_moment
 
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        return days_bounds(day, day)[0]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(f"{option} {text!r}: give {_WHEN}") from None
-    if moment.tzinfo is None:
-        raise fail(f"{option} {text!r} has no time zone: give {_WHEN}")
-    return moment.astimezone(UTC)
+        return parse_moment(text)
+    except ValueError as exc:
+        raise fail(f"{option} {text!r} {exc}: give {_WHEN}") from None
 
 
 @evidence_app.command("verify")

@@ -42,3 +42,22 @@ def days_bounds(first: date, last: date) -> tuple[datetime, datetime]:
     after = last + timedelta(days=1)
     return (_utc(datetime(first.year, first.month, first.day, tzinfo=SHANGHAI)),
             _utc(datetime(after.year, after.month, after.day, tzinfo=SHANGHAI)))
+
+
+def parse_moment(text: str) -> datetime:
+    """``text`` as an instant, in UTC: a day ``YYYY-MM-DD`` is its midnight Beijing time (as
+    the policy's dates are), a date and time must carry its time zone; a ``ValueError`` says
+    which it is not."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return days_bounds(day, day)[0]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("is not a day or a moment") from None
+    if moment.tzinfo is None:
+        raise ValueError("has no time zone")
+    return _utc(moment)
