@@ -57,9 +57,6 @@ def _ref(award: AwardRow, **extra: Any) -> dict[str, Any]:
             "data_centre": award.data_centre, **extra}
 
 
-def _actor(principal: Principal) -> str:
-    return f"api_key:{principal.key_id}"
-
 
 def _budget(award: AwardRow) -> str:
     return f"budget:reward:{award.measure}:{award.year}"
@@ -80,7 +77,7 @@ def propose(conn: psycopg.Connection, award_id: int, principal: Principal) -> Aw
                            f" {latest}: propose its award", field="award")
         ledger.append(conn, [Move("reward.propose", _budget(award),
                                   f"proposed:award:{award.id}", award.amount, _ref(award))],
-                      _actor(principal))
+                      ledger.key_actor(principal))
         conn.execute("UPDATE reward_awards SET state = 'proposed', proposed_by = %s"
                      " WHERE id = %s", (principal.key_id, award.id))
     return _reread(conn, award.id)
@@ -96,7 +93,7 @@ def approve(conn: psycopg.Connection, award_id: int, principal: Principal) -> Aw
                             " must approve it (maker-checker)", field="award")
         ledger.append(conn, [Move("reward.approve", f"proposed:award:{award.id}",
                                   f"payable:enterprise:{award.enterprise_id}", award.amount,
-                                  _ref(award))], _actor(principal))
+                                  _ref(award))], ledger.key_actor(principal))
         conn.execute("UPDATE reward_awards SET state = 'approved', approved_by = %s"
                      " WHERE id = %s", (principal.key_id, award.id))
     return _reread(conn, award.id)
@@ -113,7 +110,8 @@ def pay(conn: psycopg.Connection, award_id: int, principal: Principal, reference
         _expect(award, "approved", "paid")
         ledger.append(conn, [Move("reward.pay", f"payable:enterprise:{award.enterprise_id}",
                                   f"paid:enterprise:{award.enterprise_id}", award.amount,
-                                  _ref(award, payment_reference=reference))], _actor(principal))
+                                  _ref(award, payment_reference=reference))],
+                      ledger.key_actor(principal))
         conn.execute("UPDATE reward_awards SET state = 'paid', payment_reference = %s"
                      " WHERE id = %s", (reference, award.id))
     return _reread(conn, award.id)
@@ -146,7 +144,7 @@ def adjust(conn: psycopg.Connection, award_id: int, principal: Principal, delta:
         source, target = (_budget(award), payable) if delta > 0 else (payable, _budget(award))
         ledger.append(conn, [Move("reward.adjust", source, target, abs(delta),
                                   _ref(award, adjustment=adjustment, reason=reason))],
-                      _actor(principal))
+                      ledger.key_actor(principal))
     return adjustment
 
 

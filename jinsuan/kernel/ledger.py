@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from jinsuan.contract import ledgerproof
 from jinsuan.contract.money import is_fen
+from jinsuan.kernel.auth import Principal
 from jinsuan.kernel.errors import Invalid
 
 
@@ -48,6 +49,11 @@ class Move:
     to_account: str
     amount: Decimal
     ref: dict[str, Any] = field(default_factory=dict)
+
+
+def key_actor(principal: Principal) -> str:
+    """How an entry names the API key that made it (``actor``)."""
+    return f"api_key:{principal.key_id}"
 
 
 def lock(conn: psycopg.Connection) -> tuple[int, str]:

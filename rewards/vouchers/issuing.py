@@ -198,7 +198,7 @@ def approve(conn: psycopg.Connection, principal: Principal, application_id: int,
             ledger.append(conn, [Move("voucher.fund", f"fund:voucher:{year}", pool_account,
                                       measure.amount("pool"),
                                       {"policy": policy.id, "version": policy.version,
-                                       "sha256": policy.sha256})], _actor(principal))
+                                       "sha256": policy.sha256})], ledger.key_actor(principal))
         pool_left = ledger.balance(conn, pool_account)
         issued = conn.execute(
             "SELECT coalesce(sum(face_value), 0) FROM vouchers WHERE applicant_id = %s"
@@ -227,7 +227,7 @@ def approve(conn: psycopg.Connection, principal: Principal, application_id: int,
         ledger.append(conn, [Move("voucher.issue", pool_account, f"voucher:{voucher}", grant,
                                   {"voucher": voucher, "application": application_id,
                                    "applicant": found["applicant_id"], "why": why})],
-                      _actor(principal))
+                      ledger.key_actor(principal))
         conn.execute("UPDATE voucher_applications SET status = 'issued', decided_by = %s,"
                      " decided_at = now(), reason = %s WHERE id = %s",
                      (principal.key_id, why, application_id))
@@ -259,7 +259,7 @@ def revoke(conn: psycopg.Connection, principal: Principal, voucher_id: int, reas
            ) -> Decimal:
     if not reason.strip():
         raise Invalid("a revocation says why", field="reason")
-    return end(conn, _actor(principal), voucher_id, "revoked", reason)
+    return end(conn, ledger.key_actor(principal), voucher_id, "revoked", reason)
 
 
 def expire_due(conn: psycopg.Connection, on: date | None = None) -> list[int]:
@@ -300,11 +300,8 @@ def clawback(conn: psycopg.Connection, principal: Principal, voucher_id: int, re
             ledger.append(conn, [Move("voucher.clawback", f"receivable:provider:{row[0]}",
                                       f"pool:voucher:{row[1]}", amount,
                                       {"voucher": voucher_id, "clawback": clawed,
-                                       "reason": reason})], _actor(principal))
+                                       "reason": reason})], ledger.key_actor(principal))
     if row[2] == "active":
         revoke(conn, principal, voucher_id, f"clawback: {reason}")
     return amount
 
-
-def _actor(principal: Principal) -> str:
-    return f"api_key:{principal.key_id}"

@@ -107,7 +107,7 @@ def mark_paid(conn: psycopg.Connection, principal: Principal, settlement_id: int
         ledger.append(conn, [Move("voucher.settle", f"receivable:provider:{row[0]}",
                                   f"paid:provider:{row[0]}", row[1],
                                   {"settlement": settlement_id, "payment_reference": reference})],
-                      f"api_key:{principal.key_id}")
+                      ledger.key_actor(principal))
         conn.execute("UPDATE voucher_settlements SET paid_reference = %s, paid_by = %s,"
                      " paid_at = now() WHERE id = %s",
                      (reference, principal.key_id, settlement_id))
