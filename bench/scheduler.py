@@ -6,17 +6,22 @@
    places nothing more; each cycle is snapshot + decide + one committing transaction. Baseline:
    a raw INSERT of the same number of run rows, in one statement, into a copy of the runs
    table — the store's ceiling for writing placements.
-2. **Submit-to-lease latency at a steady submit rate.** A platform process (uvicorn on
-   loopback, the placement cycle in the background) takes POST /v1/jobs from 20 dispatcher keys
-   at ``--rate`` per second for ``--seconds`` (open loop: ``--submitters`` processes of
-   ``--threads`` threads, each on its own kept-alive connection); the 200 sites' agents ask
+2. **Submit-to-lease latency at a steady submit rate, on one and on two platform processes.**
+   ``jinsuan serve`` processes on one database (loopback, the placement cycle in each) take
+   POST /v1/jobs from 20 dispatcher keys at ``--rate`` per second for ``--seconds`` (open
+   loop: ``--submitters`` processes of ``--threads`` threads, each on its own kept-alive
+   connection, spread over the processes as a load balancer would); the 200 sites' agents ask
    for work on ``/v1/leases`` (signed), each letting the platform hold its request up to
-   ``--wait-s`` (long poll; ``--wait-s 0 --poll-s 1`` polls every second instead). Latency is
-   the platform's own timestamps: job submitted → run placed, and → run leased to the agent.
-   The rate achieved runs from the first send to the last answer. Baselines: the same
-   submitters against a trivial endpoint served by uvicorn the same way (so the client is
-   known not to be the limit: its rate there, and its capacity at 4× the rate), and the round
-   trip of the submit POST itself.
+   ``--wait-s`` (long poll; ``--wait-s 0 --poll-s 1`` polls every second instead) and renewing
+   what it holds every heartbeat. Latency is the platform's own timestamps: job submitted →
+   run placed, and → run leased to the agent. The rate achieved runs from the first send to
+   the last answer. Baselines: the same submitters against a trivial endpoint served by
+   uvicorn the same way (so the client is known not to be the limit: its rate there, and its
+   capacity at 4× the rate), and the round trip of the submit POST itself. Then **capacity**:
+   the same at ``--capacity-rate`` (more than a process takes) with small pools that fill up,
+   for one process and for two; the ratio of what two take to what one takes. Every run ends
+   with a check in one database snapshot that no pool holds more accelerators in live runs
+   than it has (overcommit).
 3. **Failover with the default settings.** A platform process with the scheduler's defaults
    and the 200 sites' agents behaving as ``agents.worker`` does with its defaults (a signed
    lease request every ``heartbeat_interval``, held runs renewed, a new run reported running
@@ -223,16 +228,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-_SERVE = """
-import uvicorn
-from jinsuan.app import create_app
-from jinsuan.kernel.platform import Platform
-from jinsuan.kernel.settings import Settings
-from jinsuan.kernel.store import Database
-settings = Settings()
-uvicorn.run(create_app(Platform(settings=settings, db=Database.open(settings))),
-            host="127.0.0.1", port=settings.port, log_level="warning")
-"""
+# The platform exactly as `jinsuan serve` runs it (uvicorn with uvloop and httptools, the
+# collector tuned for ingest), on the port given.
+_SERVE = [sys.executable, "-m", "jinsuan.cli", "serve", "--port"]
 
 # The client's baseline: an endpoint that reads the body and answers 201, served by uvicorn
 # exactly as the platform is.
@@ -254,9 +252,9 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
-def _start_server(code: str, args: list[str], env: dict[str, str], url: str,
+def _start_server(command: list[str], env: dict[str, str], url: str,
                   probe: str) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env)
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -285,28 +283,39 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes,
     return response.status, response.read()
 
 
-def _poll_agents(port: int, agents: list[tuple[str, bytes]], wait_s: float, every: float,
-                 stop) -> None:
+def _poll_agents(ports: list[int], agents: list[tuple[str, bytes]], wait_s: float,
+                 every: float, renew_s: float, stop) -> None:
     """One process, a thread per agent: each asks for work (signed, like a real one), holding
     the request up to ``wait_s`` (long poll), and asks again as soon as it has its answer but no
     sooner than ``every`` seconds after it last asked. Like a real agent it renews the runs it
-    was given (they would be lost after the lease TTL otherwise)."""
+    holds every ``renew_s`` (``agents.worker``'s heartbeat); the requests in between carry only
+    its free slots. (The bench's agents have room for hundreds of runs and never end one: were
+    every request to renew them all, each would cost the platform hundreds of row updates that
+    a real agent, holding its ``max_runs``, never asks for.) Agent ``i`` talks to
+    ``ports[i % len(ports)]``, as a load balancer in front of several platform processes would
+    spread them."""
     from jinsuan.contract.signing import private_key_from_bytes
 
-    def loop(agent_id: str, raw: bytes) -> None:
+    def loop(port: int, agent_id: str, raw: bytes) -> None:
         key = private_key_from_bytes(raw)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=wait_s + 30)
         held: dict[str, int] = {}
+        renewed = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
+            renew = started - renewed >= renew_s
             body = LeaseRequest(agent_id=agent_id, sent_at=datetime.now(UTC),
-                                executor="process", free_slots=512, wait_s=wait_s,
+                                executor="process", free_slots=512,
+                                wait_s=min(wait_s, max(renew_s - (started - renewed), 0)),
                                 held=[HeldRun(run_id=r, fencing_token=t)
-                                      for r, t in held.items()]).model_dump_json().encode()
+                                      for r, t in held.items()] if renew else []
+                                ).model_dump_json().encode()
             status, reply = _post(conn, LEASES_PATH, body, {
                 AGENT_HEADER: agent_id, SIGNATURE_HEADER: sign(key, body)})
             if status != 200:
                 raise RuntimeError(f"lease request refused: {status} {reply[:200]!r}")
+            if renew:
+                renewed = started
             answer = LeaseReply.model_validate_json(reply)
             held.update((lease.run_id, lease.fencing_token) for lease in answer.new)
             for run_id in answer.lost + answer.cancel:
@@ -314,21 +323,24 @@ def _poll_agents(port: int, agents: list[tuple[str, bytes]], wait_s: float, ever
             stop.wait(max(every - (time.monotonic() - started), 0))
         conn.close()
 
-    workers = [threading.Thread(target=loop, args=agent) for agent in agents]
+    workers = [threading.Thread(target=loop, args=(ports[i % len(ports)], *agent))
+               for i, agent in enumerate(agents)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
 
 
-def _submit_process(port: int, keys: list[str], rate: float, seconds: float, threads: int,
-                    seed: int, out) -> None:
-    """One process: ``threads`` submitters, each at ``rate / threads`` per second, open loop.
-    Puts (first send, last answer, round trips) on ``out``."""
+def _submit_process(ports: list[int], keys: list[str], rate: float, seconds: float,
+                    threads: int, seed: int, out) -> None:
+    """One process: ``threads`` submitters, each at ``rate / threads`` per second, open loop,
+    thread ``i`` to ``ports[i % len(ports)]``. Puts (first send, last answer, round trips) on
+    ``out``."""
     rtts: list[float] = []
     spans: list[tuple[float, float]] = []
-    workers = [threading.Thread(target=_submit, args=(port, keys, rate / threads, seconds, rtts,
-                                                      spans, random.Random(seed * 100 + i)))
+    workers = [threading.Thread(target=_submit, args=(ports[i % len(ports)], keys,
+                                                      rate / threads, seconds, rtts, spans,
+                                                      random.Random(seed * 100 + i)))
                for i in range(threads)]
     for w in workers:
         w.start()
@@ -363,15 +375,15 @@ def _submit(port: int, keys: list[str], rate: float, seconds: float, rtts: list[
     conn.close()
 
 
-def _run_submitters(port: int, keys: list[str], args: argparse.Namespace, rate: float,
+def _run_submitters(ports: list[int], keys: list[str], args: argparse.Namespace, rate: float,
                     seconds: float) -> tuple[float, list[float]]:
     """Submit at ``rate`` for ``seconds`` from ``args.submitters`` processes; the rate achieved
     (from the first send to the last answer) and the round trips."""
     mp = multiprocessing.get_context("spawn")
     results = mp.Queue()
     submitters = [mp.Process(target=_submit_process,
-                             args=(port, keys, rate / args.submitters, seconds, args.threads, n,
-                                   results))
+                             args=(ports, keys, rate / args.submitters, seconds, args.threads,
+                                   n, results))
                   for n in range(args.submitters)]
     for p in submitters:
         p.start()
@@ -387,56 +399,75 @@ def bench_client(args: argparse.Namespace) -> dict[str, float]:
     """The same submitters against a trivial endpoint: at the asked rate, and at 4× it (their
     capacity, when the server costs next to nothing)."""
     port = _free_port()
-    server = _start_server(_TRIVIAL, [str(port)], dict(os.environ),
+    server = _start_server([sys.executable, "-c", _TRIVIAL, str(port)], dict(os.environ),
                            f"http://127.0.0.1:{port}", "/")
     try:
-        achieved, rtts = _run_submitters(port, ["jsk_x_y"], args, args.rate, args.seconds)
-        capacity, _ = _run_submitters(port, ["jsk_x_y"], args, 4 * args.rate, 3)
+        achieved, rtts = _run_submitters([port], ["jsk_x_y"], args, args.rate, args.seconds)
+        capacity, _ = _run_submitters([port], ["jsk_x_y"], args, 4 * args.rate, 3)
     finally:
         _stop_server(server)
     return {"achieved": achieved, "capacity": capacity, "rtt_p50": _pct(rtts, 50),
             "rtt_p99": _pct(rtts, 99)}
 
 
-def bench_latency(args: argparse.Namespace) -> dict[str, float]:
+def bench_latency(args: argparse.Namespace, processes: int, rate: float, seconds: float,
+                  per_pool: int) -> dict[str, float]:
+    """Submit at ``rate`` for ``seconds`` to ``processes`` platform processes on one database
+    (clients and agents spread over them) while the agents long-poll; then the latencies from
+    the platform's own timestamps and a check, in one database snapshot, that no pool holds
+    more live runs than it has accelerators."""
     rng = random.Random(11)
     bench = BenchDatabase("lease")
-    server = None
+    servers: list[subprocess.Popen] = []
     try:
-        agents = seed_sites(bench.db, args.sites, args.per_pool, rng)
+        agents = seed_sites(bench.db, args.sites, per_pool, rng)
         with bench.db.pool.connection() as conn:
             keys = [create_key(conn, Role.DISPATCHER, tenant=f"tenant{t:02d}")
                     for t in range(args.tenants)]
-        port = _free_port()
-        env = {**os.environ, "DATABASE_URL": bench.url, "JINSUAN_PORT": str(port),
-               "JINSUAN_SCHED_CYCLE_EVERY_S": str(args.cycle_s),
-               "JINSUAN_SCHED_MIN_CYCLE_GAP_S": str(args.cycle_gap_s),
-               "JINSUAN_DATA_DIR": tempfile.mkdtemp()}
-        server = _start_server(_SERVE, [], env, f"http://127.0.0.1:{port}", "/healthz")
+        ports = [_free_port() for _ in range(processes)]
+        for port in ports:
+            env = {**os.environ, "DATABASE_URL": bench.url,
+                   "JINSUAN_SCHED_CYCLE_EVERY_S": str(args.cycle_s),
+                   "JINSUAN_SCHED_MIN_CYCLE_GAP_S": str(args.cycle_gap_s),
+                   "JINSUAN_DATA_DIR": tempfile.mkdtemp()}
+            servers.append(_start_server([*_SERVE, str(port)], env,
+                                         f"http://127.0.0.1:{port}", "/healthz"))
         mp = multiprocessing.get_context("spawn")
         stop = mp.Event()
         raw = [(agent_id, private_key_bytes(key)) for _, agent_id, key in agents]
+        renew_s = heartbeat_interval(WorkerSettings(kind="process").heartbeat_s,
+                                     SchedulerConfig().lease_ttl_s)
         pollers = [mp.Process(target=_poll_agents,
-                              args=(port, raw[i::args.pollers], args.wait_s, args.poll_s, stop))
+                              args=(ports, raw[i::args.pollers], args.wait_s, args.poll_s,
+                                    renew_s, stop))
                    for i in range(args.pollers)]
         for p in pollers:
             p.start()
-        achieved, rtts = _run_submitters(port, keys, args, args.rate, args.seconds)
+        achieved, rtts = _run_submitters(ports, keys, args, rate, seconds)
         with bench.db.pool.connection() as conn:
-            wait_until = time.monotonic() + 15
+            # Until every placed run is leased and the queue is empty or no longer shrinking
+            # (with small pools the rest waits for room that never comes).
+            wait_until, last = time.monotonic() + 15, None
             while time.monotonic() < wait_until:
-                waiting = conn.execute("SELECT count(*) FROM jobs WHERE state IN"
-                                       " ('queued', 'placed')").fetchone()[0]
-                if waiting == 0:
+                now = conn.execute("SELECT count(*) FILTER (WHERE state = 'queued'),"
+                                   " count(*) FILTER (WHERE state = 'placed') FROM jobs"
+                                   ).fetchone()
+                if now[1] == 0 and (now[0] == 0 or now == last):
                     break
-                time.sleep(0.2)
+                last = now
+                time.sleep(1)
             stop.set()
-            rows = conn.execute(
-                "SELECT extract(epoch FROM r.placed_at - j.submitted_at),"
-                " extract(epoch FROM r.leased_at - j.submitted_at)"
-                " FROM jobs j JOIN runs r ON r.job_id = j.id AND r.attempt = 1").fetchall()
-            unplaced = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'"
-                                    ).fetchone()[0]
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                rows = conn.execute(
+                    "SELECT extract(epoch FROM r.placed_at - j.submitted_at),"
+                    " extract(epoch FROM r.leased_at - j.submitted_at)"
+                    " FROM jobs j JOIN runs r ON r.job_id = j.id AND r.attempt = 1").fetchall()
+                unplaced = conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'"
+                                        ).fetchone()[0]
+                overcommitted = conn.execute(_OVERCOMMITTED).fetchone()[0]
+                live = conn.execute("SELECT count(*) FROM runs WHERE state IN"
+                                    " ('placed', 'leased', 'running')").fetchone()[0]
         for p in pollers:
             p.join(timeout=args.wait_s + 30)
         placed = sorted(float(r[0]) for r in rows)
@@ -444,11 +475,24 @@ def bench_latency(args: argparse.Namespace) -> dict[str, float]:
         return {"submitted": len(rtts), "achieved": achieved, "unplaced": unplaced,
                 "placed_p50": _pct(placed, 50), "placed_p99": _pct(placed, 99),
                 "leased_p50": _pct(leased, 50), "leased_p99": _pct(leased, 99),
-                "leased": len(leased), "rtt_p50": _pct(rtts, 50), "rtt_p99": _pct(rtts, 99)}
+                "leased": len(leased), "rtt_p50": _pct(rtts, 50), "rtt_p99": _pct(rtts, 99),
+                "overcommitted": overcommitted, "live": live}
     finally:
-        if server is not None:
+        for server in servers:
             _stop_server(server)
         bench.close()
+
+
+# Pools holding more accelerators in live runs than they have (every accelerator is up here).
+_OVERCOMMITTED = """
+SELECT count(*) FROM (
+    SELECT r.site_id, r.model, sum(r.accelerators) AS held
+    FROM runs r WHERE r.state IN ('placed', 'leased', 'running') GROUP BY r.site_id, r.model
+) live
+JOIN (SELECT site_id, model, count(*) AS size FROM accelerators GROUP BY site_id, model) pool
+  USING (site_id, model)
+WHERE live.held > pool.size
+"""
 
 
 # ---- failover ----------------------------------------------------------------------------------
@@ -520,7 +564,8 @@ def bench_failover(args: argparse.Namespace) -> dict[str, float]:
                 "JINSUAN_DATA_DIR": tempfile.mkdtemp()}
         if args.failover_ttl is not None:
             env["JINSUAN_SCHED_LEASE_TTL_S"] = str(args.failover_ttl)
-        server = _start_server(_SERVE, [], env, f"http://127.0.0.1:{port}", "/healthz")
+        server = _start_server([*_SERVE, str(port)], env, f"http://127.0.0.1:{port}",
+                               "/healthz")
         agents = [_Agent(port, agent_id, agent_key, stop) for _, agent_id, agent_key in sites]
         for agent in agents:
             agent.start()
@@ -628,6 +673,16 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--rate", type=float, default=500.0, help="Submits per second.")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--capacity-rate", type=float, default=2000.0,
+                        help="Submits per second asked in the capacity part (more than one"
+                             " process takes).")
+    parser.add_argument("--capacity-seconds", type=float, default=6.0)
+    parser.add_argument("--capacity-threads", type=int, default=32,
+                        help="Threads per submitter in the capacity part: a thread waits for"
+                             " each answer, so the clients' concurrency must not be the limit.")
+    parser.add_argument("--capacity-per-pool", type=int, default=16,
+                        help="Accelerators per pool in the capacity part: small, so pools fill"
+                             " and the overcommit check means something.")
     parser.add_argument("--submitters", type=int, default=2, help="Submitting processes.")
     parser.add_argument("--threads", type=int, default=8, help="Threads per submitter.")
     parser.add_argument("--pollers", type=int, default=2, help="Agent-polling processes.")
@@ -674,22 +729,42 @@ def main() -> None:
           f" {args.rate:.0f}/s), round trip p50 {client['rtt_p50'] * 1000:.1f} ms"
           f"  p99 {client['rtt_p99'] * 1000:.1f} ms; capacity {client['capacity']:.0f}/s"
           f" (asked {4 * args.rate:.0f}/s)")
-    latency = bench_latency(args)
-    print(f"latency: {latency['submitted']:,} submits at {latency['achieved']:.0f}/s (asked"
-          f" {args.rate:.0f}/s), agents long-polling up to {args.wait_s} s (asking at most every"
+    print(f"latency: agents long-polling up to {args.wait_s} s (asking at most every"
           f" {args.poll_s} s), cycle every {args.cycle_s} s or on submit (gap"
-          f" {args.cycle_gap_s} s); {latency['unplaced']} queued at the end")
-    print(f"  submit → placed  p50 {latency['placed_p50'] * 1000:.0f} ms"
-          f"  p99 {latency['placed_p99'] * 1000:.0f} ms")
-    print(f"  submit → leased  p50 {latency['leased_p50'] * 1000:.0f} ms"
-          f"  p99 {latency['leased_p99'] * 1000:.0f} ms  ({latency['leased']:,} leased)")
-    print(f"  submit POST round trip  p50 {latency['rtt_p50'] * 1000:.1f} ms"
-          f"  p99 {latency['rtt_p99'] * 1000:.1f} ms")
-    print(f"  ratio, submits/s achieved against the platform / against the trivial endpoint:"
-          f" {latency['achieved'] / client['achieved']:.2f}")
-    print(f"  ratio, leased p99 / submit round trip p99: "
-          f"{latency['leased_p99'] / latency['rtt_p99']:.1f}")
+          f" {args.cycle_gap_s} s)")
+    at_rate = {}
+    for processes in (1, 2):
+        at_rate[processes] = run = bench_latency(args, processes, args.rate, args.seconds,
+                                                 args.per_pool)
+        _print_run(f"{processes} platform process{'es' if processes > 1 else ''}", run,
+                   args.rate)
+        print(f"  ratio, submits/s achieved against the platform / against the trivial"
+              f" endpoint: {run['achieved'] / client['achieved']:.2f}")
+    print(f"capacity: asked {args.capacity_rate:.0f} submits/s for {args.capacity_seconds} s,"
+          f" pools of {args.capacity_per_pool} (room for about"
+          f" {args.sites * 2 * args.capacity_per_pool:,} accelerators: they fill up)")
+    capacity = {}
+    for processes in (1, 2):
+        capacity[processes] = run = bench_latency(
+            argparse.Namespace(**{**vars(args), "threads": args.capacity_threads}), processes,
+            args.capacity_rate, args.capacity_seconds, args.capacity_per_pool)
+        _print_run(f"{processes} platform process{'es' if processes > 1 else ''}", run,
+                   args.capacity_rate)
+    print(f"  ratio, submits/s taken by two processes / by one:"
+          f" {capacity[2]['achieved'] / capacity[1]['achieved']:.2f}")
 
+
+def _print_run(label: str, run: dict[str, float], asked: float) -> None:
+    print(f"  {label}: {run['submitted']:,} submits at {run['achieved']:.0f}/s (asked"
+          f" {asked:.0f}/s); {run['unplaced']:,} queued at the end;"
+          f" {run['overcommitted']} pools overcommitted ({run['live']:,} live runs, one"
+          f" snapshot)")
+    print(f"    submit → placed  p50 {run['placed_p50'] * 1000:.0f} ms"
+          f"  p99 {run['placed_p99'] * 1000:.0f} ms")
+    print(f"    submit → leased  p50 {run['leased_p50'] * 1000:.0f} ms"
+          f"  p99 {run['leased_p99'] * 1000:.0f} ms  ({run['leased']:,} leased)")
+    print(f"    submit POST round trip  p50 {run['rtt_p50'] * 1000:.1f} ms"
+          f"  p99 {run['rtt_p99'] * 1000:.1f} ms")
 
 if __name__ == "__main__":
     main()

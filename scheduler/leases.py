@@ -111,7 +111,8 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
                 conn.execute("UPDATE runs SET lease_expires_at = %s, last_heard_at = %s"
                              " WHERE id = ANY(%s)", (received_at + ttl, received_at, renewed))
             if placed is not None:
-                new = _lease_placed(conn, agent, placed.fetchall(), now, now + ttl)
+                new = lease_placed_runs(conn, [(agent, row) for row in placed.fetchall()],
+                                        now, now + ttl)
     metrics.FAILOVERS.inc(expired)  # committed: counted once, never by the cycle too
     if refused:
         metrics.LEASE_REQUESTS.labels("executor_mismatch").inc()
@@ -124,26 +125,30 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
                       lost=lost)
 
 
-def _lease_placed(conn: psycopg.Connection, agent: SignedBy, rows: list[tuple], now: datetime,
-                  expires: datetime) -> list[Lease]:
-    """Lease the placed runs ``rows`` (locked by the caller): three statements for any number."""
-    if not rows:
+def lease_placed_runs(conn: psycopg.Connection, picked: list[tuple[SignedBy, tuple]],
+                      now: datetime, expires: datetime) -> list[Lease]:
+    """Lease placed runs, each to its agent: ``picked`` pairs an agent with a run's row (id,
+    job, fencing token, model, tasks, accelerators per task, payload, max run time, tenant,
+    project), locked by the caller. Three statements for any number of runs and agents."""
+    if not picked:
         return []
-    run_ids = [row[0] for row in rows]
-    job_ids = [row[1] for row in rows]
+    run_ids = [row[0] for _, row in picked]
+    job_ids = [row[1] for _, row in picked]
+    agent_ids = [agent.agent_id for agent, _ in picked]
     transition(RunState.PLACED, RunState.LEASED)
     transition(JobState.PLACED, JobState.LEASED)
     conn.execute(
-        "UPDATE runs SET state = %s, leased_at = %s, lease_expires_at = %s, agent_id = %s"
-        " WHERE id = ANY(%s)", (RunState.LEASED, now, expires, agent.agent_id, run_ids))
+        "UPDATE runs r SET state = %s, leased_at = %s, lease_expires_at = %s,"
+        " agent_id = u.agent_id FROM unnest(%s::text[], %s::text[]) AS u(run_id, agent_id)"
+        " WHERE r.id = u.run_id", (RunState.LEASED, now, expires, run_ids, agent_ids))
     moved = conn.execute(
         "UPDATE jobs SET state = %s, state_changed_at = %s WHERE id = ANY(%s) AND state = %s"
         " RETURNING id", (JobState.LEASED, now, job_ids, JobState.PLACED))
     conn.execute(
         "INSERT INTO job_transitions (job_id, run_id, from_state, to_state, at, reason)"
-        " SELECT u.job_id, u.run_id, %s, %s, %s, %s"
-        " FROM unnest(%s::text[], %s::text[]) AS u(job_id, run_id)",
-        (JobState.PLACED, JobState.LEASED, now, f"leased by {agent.agent_id}", job_ids, run_ids))
+        " SELECT u.job_id, u.run_id, %s, %s, %s, 'leased by ' || u.agent_id"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(job_id, run_id, agent_id)",
+        (JobState.PLACED, JobState.LEASED, now, job_ids, run_ids, agent_ids))
     stale = len(job_ids) - len(moved.fetchall())
     if stale:
         metrics.LEASE_REQUESTS.labels("conflict").inc()  # the request's transaction rolls back
@@ -152,8 +157,8 @@ def _lease_placed(conn: psycopg.Connection, agent: SignedBy, rows: list[tuple], 
                   accelerators_per_task=per_task, accelerator_model=model,
                   payload=Payload.model_validate(payload), max_runtime_s=runtime,
                   tenant=tenant, project=project)
-            for run_id, job_id, token, model, tasks, per_task, payload, runtime, tenant, project
-            in rows]
+            for _, (run_id, job_id, token, model, tasks, per_task, payload, runtime, tenant,
+                    project) in picked]
 
 
 _END_STATES = {RunEventState.SUCCEEDED: (RunState.SUCCEEDED, JobState.SUCCEEDED),

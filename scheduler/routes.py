@@ -48,6 +48,7 @@ from scheduler.jobs import (
     list_jobs,
     withhold_contents,
 )
+from scheduler.leasedesk import Woken
 from scheduler.leases import handle_event, handle_lease
 from scheduler.placement import Snapshot, TenantUsage, explain
 from scheduler.service import SchedulerService, service_for
@@ -265,8 +266,10 @@ def leases_router(platform: Platform, service: SchedulerService) -> APIRouter:
                 break
             if await request.is_disconnected():  # nobody to hand new runs to
                 break
-            seen, reply = await anyio.to_thread.run_sync(
-                _lease_new, platform, service, agent, req, received_at, limiter=answering)
+            seen = service.wakeups.generation(agent.site_id)  # before looking for work
+            new = await service.desk.lease(Woken(agent, req.executor, req.free_slots,
+                                                 received_at))
+            reply = reply.model_copy(update={"new": new})
         return _json(reply)
 
     @api.post("/v1/runs/{run_id}/events", response_model=EventAck,
@@ -294,15 +297,6 @@ def _lease(platform: Platform, service: SchedulerService, headers, body: bytes,
             service.listener.ensure_started()
         seen = service.wakeups.generation(agent.site_id)
         return agent, req, seen, handle_lease(conn, agent, req, service.cfg, now, received_at)
-
-
-def _lease_new(platform: Platform, service: SchedulerService, agent: SignedBy,
-               req: LeaseRequest, received_at: datetime) -> tuple[tuple[int, int], LeaseReply]:
-    """A held request woken by a placement: answer it again (already verified)."""
-    with platform.db.pool.connection() as conn:
-        seen = service.wakeups.generation(agent.site_id)
-        return seen, handle_lease(conn, agent, req, service.cfg, datetime.now(UTC),
-                                  received_at)
 
 
 def _event(platform: Platform, service: SchedulerService, run_id: str, headers,

@@ -18,6 +18,7 @@ from datetime import datetime
 from jinsuan.kernel.platform import Platform
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import CycleResult, run_cycle
+from scheduler.leasedesk import LeaseDesk
 from scheduler.snapshot import InventoryCache
 from scheduler.submits import SubmitWriter
 from scheduler.wakeups import PlacementListener, SiteWakeups
@@ -33,6 +34,7 @@ class SchedulerService:
         self.wakeups = SiteWakeups()
         self.listener = PlacementListener(platform.db.url, self.wakeups)
         self.submits = SubmitWriter(platform.db.pool, self.trigger)
+        self.desk = LeaseDesk(platform.db.pool, self.cfg)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,8 +54,9 @@ class SchedulerService:
         return self
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the loop (after the cycle in flight, if ``wait``), the wake-up listener and the
-        submit writer (after writing what is queued)."""
+        """Stop the loop (after the cycle in flight, if ``wait``), the wake-up listener, the
+        submit writer (after writing what is queued) and the lease desk (after answering what
+        is queued)."""
         self._stop.set()
         self._wake.set()
         if wait and self._thread is not None:
@@ -61,6 +64,7 @@ class SchedulerService:
         self._thread = None
         self.listener.stop()
         self.submits.stop()
+        self.desk.stop()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -29,9 +29,11 @@ from jinsuan.contract.leasewire import (
     LeaseRequest,
 )
 from jinsuan.contract.signing import new_private_key, public_key_b64, sign
+from jinsuan.kernel.agentauth import SignedBy
 from jinsuan.kernel.auth import KeyCache, Principal, Role, create_key, revoke_key
 from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
+from scheduler.leasedesk import Woken
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.service import service_for
 from scheduler.spec import JobSpec
@@ -184,3 +186,54 @@ def test_the_key_cache_keeps_no_failures_and_at_most_its_size(conn):
         assert cache.authenticate(conn, key) is not None
     assert cache.get(keys[0]) is None  # the oldest went first
     assert cache.get(keys[2]) is not None
+
+
+def test_woken_requests_at_many_sites_are_leased_together_each_its_own_runs(
+        platform, db, conn):
+    """The lease desk answers every woken request waiting in one transaction: each agent gets
+    the runs placed at its own site, at most its free slots, and none at a site registered
+    with another executor than the agent announced."""
+    sites = []
+    for i in range(4):
+        key = new_private_key()
+        sites.append(seed_site(conn, db.partitions, name=f"site-{i}", city="Taiyuan",
+                               now=datetime.now(UTC), public_key=public_key_b64(key),
+                               pools=[PoolSpec("H100", 8, Decimal("9.00"))]))
+    service = service_for(platform)
+    now = datetime.now(UTC)
+    for i in range(len(sites)):
+        spec = JobSpec.model_validate({**JOB, "constraints": {"site": f"site-{i}"}})
+        for _ in range(3):
+            asyncio.run(service.submits.submit(spec, "t1", now))
+    service.submits.stop()
+    assert run_cycle(conn, service.cfg).placed == 12
+    # Its operator re-registered the last site meanwhile: its agent's requests are refused.
+    conn.execute("UPDATE sites SET executor = 'slurm' WHERE id = %s", (sites[3][0],))
+    desk = service.desk
+    held = [db.pool.getconn() for _ in range(db.pool.max_size - 1)]  # `conn` holds the last
+
+    async def woken_all():
+        requests = [Woken(SignedBy(agent_id, site_id), ExecutorKind.PROCESS, slots, now)
+                    for (site_id, agent_id), slots in zip(sites, (3, 2, 5, 3), strict=True)]
+        first = asyncio.ensure_future(desk.lease(requests[0]))
+        await asyncio.sleep(0)  # the task runs up to its wait: the request is on the queue
+        while not desk._queue.empty():  # the desk took it and waits for a connection
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(desk.lease(r)) for r in requests[1:]]
+        while desk._queue.qsize() < len(rest):
+            await asyncio.sleep(0.01)
+        for connection in held:
+            db.pool.putconn(connection)
+        return await asyncio.gather(first, *rest)
+
+    try:
+        answers = asyncio.run(woken_all())
+    finally:
+        desk.stop()
+    assert [len(leases) for leases in answers] == [3, 2, 3, 0]
+    for (site_id, agent_id), leases in zip(sites, answers, strict=True):
+        leased = conn.execute("SELECT r.id FROM runs r WHERE r.site_id = %s"
+                              " AND r.state = 'leased' AND r.agent_id = %s",
+                              (site_id, agent_id)).fetchall()
+        assert sorted(lease.run_id for lease in leases) == sorted(row[0] for row in leased)
+    assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'leased'").fetchone()[0] == 8
