@@ -19,12 +19,15 @@ Any difference is a problem, named by report or by hour and figure. A difference
 (late data the rollup has not taken in yet) is still one, and says so. Hours whose raw samples
 are past retention cannot be checked; they are counted, not compared.
 
-:func:`drop_expired_bodies` keeps the bodies exactly as long as the samples they carried.
+:func:`drop_expired_bodies` keeps the bodies exactly as long as the samples they carried;
+:func:`recompress_bodies` rewrites the aged ones as xz (the same signed bytes, smaller), and
+:func:`signed_bytes` reads a body back whichever way it is kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import lzma
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from collectors.rollup import HOUR, MARGIN, SiteHour, Window, fetch_window, floo
 from jinsuan.contract.signing import BadKey, load_public_key
 from jinsuan.contract.signing import verify as signature_verifies
 from jinsuan.contract.wire import Batch
+from jinsuan.kernel.errors import Invalid, TooLarge
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store.partitions import retained_from
 
@@ -49,6 +53,63 @@ _FIGURES = tuple(f.name for f in fields(SiteHour) if f.name not in ("site_id", "
 _SHOWN = 5  # sample differences listed per report; the rest are counted
 
 Sample = tuple[str, str, int, float]  # metric, device, ms since the epoch, value
+
+
+GZIP, XZ = "gzip", "xz"  # report_bodies.codec
+
+
+def signed_bytes(body: bytes, codec: str, limit: int) -> bytes:
+    """The bytes an agent signed, from a body kept as ``codec``; more than ``limit`` bytes, or
+    anything but one complete stream, is refused (``Rejected``)."""
+    if codec == GZIP:
+        return gunzip_bounded(body, limit)
+    inflater = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except lzma.LZMAError as exc:
+        raise Rejected("bad_xz", Invalid(f"body is not valid xz: {exc}", field="body")) from None
+    if len(out) > limit:
+        raise Rejected("too_large", TooLarge(
+            f"body inflates to more than the {limit} bytes allowed", field="body"))
+    if not inflater.eof or inflater.unused_data:
+        raise Rejected("bad_xz", Invalid("the xz body is truncated or followed by data",
+                                         field="body"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Recompressed:
+    bodies: int
+    bytes_before: int
+    bytes_after: int
+
+
+def recompress_bodies(conn: psycopg.Connection, settings: Settings, older_than: datetime,
+                      limit: int = 500) -> Recompressed:
+    """Rewrite up to ``limit`` gzip bodies whose last sample is older than ``older_than`` as xz
+    (preset ``settings.evidence_xz_preset``), in one transaction, skipping bodies another
+    process holds. Each new body is read back and compared with the signed bytes before it
+    replaces the old one, so a body is never stored that does not give back what was signed."""
+    before = after = 0
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT report_id, body FROM report_bodies WHERE codec = %s AND last_ts < %s"
+            " ORDER BY last_ts, report_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (GZIP, older_than, limit)).fetchall()
+        updates = []
+        for report_id, body in rows:
+            signed = gunzip_bounded(bytes(body), settings.max_body_bytes)
+            packed = lzma.compress(signed, format=lzma.FORMAT_XZ,
+                                   preset=settings.evidence_xz_preset)
+            if signed_bytes(packed, XZ, len(signed)) != signed:  # never: lzma is lossless
+                raise RuntimeError(f"report {report_id}: xz did not give its body back")
+            updates.append((packed, XZ, report_id))
+            before, after = before + len(body), after + len(packed)
+        if updates:
+            with conn.cursor() as cur:
+                cur.executemany("UPDATE report_bodies SET body = %s, codec = %s"
+                                " WHERE report_id = %s", updates)
+    return Recompressed(len(rows), before, after)
 
 
 def drop_expired_bodies(conn: psycopg.Connection, keep_days: int, today: date) -> int:
@@ -201,6 +262,7 @@ class _Report:
     agent_site: int
     public_key: str
     body: bytes | None
+    codec: str | None
 
     def check(self, conn: psycopg.Connection, settings: Settings, site_id: int,
               series: dict[int, tuple[str, str]], span: _Span, verdict: Verdict) -> list[str]:
@@ -213,7 +275,7 @@ class _Report:
             return [f"{name}: its body is not kept (stored before bodies were kept, or"
                     " dropped), so its signature cannot be checked"]
         try:
-            body = gunzip_bounded(self.body, settings.max_body_bytes)
+            body = signed_bytes(self.body, self.codec, settings.max_body_bytes)
         except Rejected as exc:
             return [f"{name}: the kept body does not decompress: {exc.error.reason}"]
         problems = []
@@ -250,12 +312,12 @@ def _reports(conn: psycopg.Connection, ids: list[int]) -> Iterator[_Report]:
     with conn.cursor(name="evidence_reports") as cur:
         cur.execute(
             "SELECT r.id, r.agent_id, r.seq, r.body_sha256, r.signature, a.site_id,"
-            " a.public_key, b.body FROM reports r JOIN agents a ON a.id = r.agent_id"
+            " a.public_key, b.body, b.codec FROM reports r JOIN agents a ON a.id = r.agent_id"
             " LEFT JOIN report_bodies b ON b.report_id = r.id"
             " WHERE r.id = ANY(%s) ORDER BY r.agent_id, r.seq", (ids,))
         for row in cur:
             yield _Report(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6],
-                          None if row[7] is None else bytes(row[7]))
+                          None if row[7] is None else bytes(row[7]), row[8])
 
 
 def _differences(signed: Counter[Sample], stored: Counter[Sample]) -> list[str]:

@@ -1,6 +1,6 @@
 """The platform's background jobs: hourly rollups, the upkeep of raw-sample partitions (and
-the retention of the report bodies that carried the samples), and the ledger's signed
-checkpoints.
+the retention of the report bodies that carried the samples), the recompression of aged report
+bodies, and the ledger's signed checkpoints.
 
 Every platform process runs them; the rollup takes a PostgreSQL advisory lock so that only
 one process computes at a time (the others skip that tick), and partition upkeep is
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from collectors.evidence import drop_expired_bodies
+from collectors.evidence import drop_expired_bodies, recompress_bodies
 from collectors.rollup import run_rollups
 from jinsuan.kernel import ledger
 from jinsuan.kernel.platform import Platform
@@ -56,6 +56,26 @@ def maintain_partitions(db: Database, retention_days: int, today: datetime | Non
         log.info("retention: dropped %d report bodies", bodies)
 
 
+def recompress_evidence(db: Database, settings: Settings, today: datetime | None = None,
+                        most: int = 100_000) -> int:
+    """Rewrite the report bodies past ``evidence_recompress_after_days`` as xz, a group at a
+    time, at most ``most`` per run (the rest next hour); return how many."""
+    older_than = (today or datetime.now(UTC)) - timedelta(
+        days=settings.evidence_recompress_after_days)
+    done = before = after = 0
+    with db.pool.connection() as conn:
+        while done < most:
+            group = recompress_bodies(conn, settings, older_than)
+            if not group.bodies:
+                break
+            done, before, after = (done + group.bodies, before + group.bytes_before,
+                                   after + group.bytes_after)
+    if done:
+        log.info("evidence: %d report bodies recompressed as xz, %d -> %d bytes", done,
+                 before, after)
+    return done
+
+
 def checkpoint_ledger(db: Database, settings: Settings) -> None:
     """Sign the ledger's head when entries were added since the last checkpoint."""
     with db.pool.connection() as conn:
@@ -68,7 +88,8 @@ def checkpoint_ledger(db: Database, settings: Settings) -> None:
 
 def start_background_jobs(platform: Platform) -> BackgroundScheduler:
     """Start the rollup (every ``rollup_every_s``) and partition upkeep (hourly), both also
-    run right away, and ledger checkpoints (every ``ledger_checkpoint_every_s``).
+    run right away, evidence recompression (hourly, from five minutes after start) and ledger
+    checkpoints (every ``ledger_checkpoint_every_s``).
     Call ``.shutdown(wait=True)`` on the result at exit."""
     settings, db = platform.settings, platform.db
     jobs = BackgroundJobs()
@@ -92,6 +113,17 @@ def start_background_jobs(platform: Platform) -> BackgroundScheduler:
         kwargs={"stop": jobs.stopping},
         id="rollup",
         next_run_time=now,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    jobs.add_job(
+        recompress_evidence,
+        "interval",
+        hours=1,
+        args=(db, settings),
+        id="evidence-recompress",
+        next_run_time=now + timedelta(minutes=5),
         coalesce=True,
         max_instances=1,
         misfire_grace_time=None,

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         default=True, description="Use TimescaleDB hypertables when the extension is available."
     )
     retention_days: int = Field(default=800, ge=1, description="Raw telemetry kept this long.")
+    evidence_recompress_after_days: int = Field(
+        default=7, ge=0, description="Kept report bodies whose last sample is older than this"
+        " are rewritten as xz (the same signed bytes, about 0.6 of gzip's size), as TimescaleDB"
+        " compresses the samples after a week.")
+    evidence_xz_preset: int = Field(
+        default=6, ge=0, le=9, description="xz preset for recompressed report bodies (6: 2.3"
+        " bytes per sample they carry at about 6.5 µs of CPU each; 1: 2.8 at 1 µs).")
     max_future_skew_s: float = Field(default=300, ge=0)
     max_body_bytes: int = Field(default=32 * 2**20, ge=1024)
     max_request_bytes: int = Field(
