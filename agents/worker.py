@@ -64,6 +64,7 @@ from jinsuan.contract import signing
 from jinsuan.contract.leasewire import (
     AGENT_HEADER,
     LEASES_PATH,
+    MAX_LEASE_WAIT_S,
     SIGNATURE_HEADER,
     STALE_LEASE_CODE,
     ExecutorKind,
@@ -114,6 +115,10 @@ class WorkerSettings(BaseModel):
         default=10.0, gt=0, description="Lease requests this often (and at ttl/4 at the latest)."
     )
     request_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    long_poll: bool = Field(
+        default=True, description="Let the platform hold each lease request up to the"
+        " heartbeat interval while nothing is placed here (and free slots remain): a job placed"
+        " here starts within a second, not at the next heartbeat.")
 
 
 WORKER_KEYS = frozenset(WorkerSettings.model_fields)
@@ -257,6 +262,7 @@ class LeaseWorker:
         backoff: Backoff | None = None,
         client: httpx.Client | None = None,
         request_timeout_s: float = 30.0,
+        long_poll: bool = False,
     ) -> None:
         self.base_url = platform_url.rstrip("/")
         self.agent_id = agent_id
@@ -266,6 +272,8 @@ class LeaseWorker:
         self.state = WorkerState(state_path)
         self.max_runs = max_runs
         self.heartbeat_s = heartbeat_s
+        # A held request must come back well inside the client's timeout.
+        self.max_wait_s = min(MAX_LEASE_WAIT_S, request_timeout_s / 2) if long_poll else 0.0
         self.clock = clock or SystemClock()
         self.backoff = backoff or Backoff()
         self._client = client or httpx.Client(
@@ -278,14 +286,21 @@ class LeaseWorker:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Ask for work every heartbeat interval. With long polls the platform holds each
+        request while there is nothing new, up to the interval, so the loop asks again at once
+        when a request comes back held that long, and as soon as it was handed new runs (more
+        may be placed here); otherwise it waits out the rest of the interval."""
         while not self._stop.is_set():
             started = self.clock.monotonic()
+            interval = heartbeat_interval(self.heartbeat_s, self.lease_ttl_s)
+            handed_new = False
             try:
-                self.step()
+                report = self.step(wait_s=min(interval, self.max_wait_s))
+                handed_new = report.reply is not None and bool(report.reply.new)
             except Exception:  # one bad heartbeat must not end the loop; the next may work
                 log.exception("lease heartbeat failed")
-            interval = heartbeat_interval(self.heartbeat_s, self.lease_ttl_s)
-            self.clock.wait(self._stop, interval - (self.clock.monotonic() - started))
+            if not handed_new:
+                self.clock.wait(self._stop, interval - (self.clock.monotonic() - started))
 
     def stop(self) -> None:
         self._stop.set()
@@ -294,9 +309,11 @@ class LeaseWorker:
         self._client.close()
         self.state.close()
 
-    def step(self) -> StepReport:
+    def step(self, wait_s: float = 0.0) -> StepReport:
+        """One heartbeat (held up to ``wait_s`` by the platform while nothing is placed here),
+        then the runs started, polled and their events sent."""
         report = StepReport()
-        report.reply = self._heartbeat()
+        report.reply = self._heartbeat(wait_s)
         if report.reply is not None:
             self._apply(report.reply, report)
         self._start_unstarted(report)
@@ -306,8 +323,9 @@ class LeaseWorker:
 
     # -- heartbeat -------------------------------------------------------------------------
 
-    def _heartbeat(self) -> LeaseReply | None:
+    def _heartbeat(self, wait_s: float) -> LeaseReply | None:
         runs = self.state.runs()
+        free_slots = max(0, self.max_runs - len(runs))
         request = LeaseRequest(
             agent_id=self.agent_id,
             sent_at=self._now(),
@@ -317,7 +335,8 @@ class LeaseWorker:
                 for r in runs
                 if not r.silenced
             ],
-            free_slots=max(0, self.max_runs - len(runs)),
+            free_slots=free_slots,
+            wait_s=wait_s if free_slots else 0.0,  # nothing to wait for without a free slot
         )
         response = self._post(LEASES_PATH, request)
         if response is None:
@@ -560,8 +579,8 @@ def build_worker(
     clock: Clock | None = None,
 ) -> LeaseWorker:
     """A worker from the agent config's ``[executor]`` table: ``kind``, ``max_runs``,
-    ``heartbeat_s``, ``request_timeout_s``; every other key is the executor's own option.
-    Raises ExecutorConfigError (``executor.<key>: ...`` lines) or UnknownExecutor."""
+    ``heartbeat_s``, ``request_timeout_s``, ``long_poll``; every other key is the executor's own
+    option. Raises ExecutorConfigError (``executor.<key>: ...`` lines) or UnknownExecutor."""
     settings, options = check_worker_section(section)
     executor = build_executor(settings.kind, options, state_dir)
     return LeaseWorker(
@@ -574,6 +593,7 @@ def build_worker(
         heartbeat_s=settings.heartbeat_s,
         clock=clock,
         request_timeout_s=settings.request_timeout_s,
+        long_poll=settings.long_poll,
     )
 
 

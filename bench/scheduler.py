@@ -443,7 +443,15 @@ def bench_latency(args: argparse.Namespace, processes: int, rate: float, seconds
                    for i in range(args.pollers)]
         for p in pollers:
             p.start()
+        with bench.db.pool.connection() as conn:  # the platform processes' pooled backends
+            backends = [pid for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()")]
+        before = {pid: _cpu_seconds(pid) for pid in [s.pid for s in servers] + backends}
         achieved, rtts = _run_submitters(ports, keys, args, rate, seconds)
+        after = {pid: _cpu_seconds(pid) for pid in before}
+        platform_cpu = sum(after[s.pid] - before[s.pid] for s in servers)
+        database_cpu = sum(after[pid] - before[pid] for pid in backends)
         with bench.db.pool.connection() as conn:
             # Until every placed run is leased and the queue is empty or no longer shrinking
             # (with small pools the rest waits for room that never comes).
@@ -476,7 +484,9 @@ def bench_latency(args: argparse.Namespace, processes: int, rate: float, seconds
                 "placed_p50": _pct(placed, 50), "placed_p99": _pct(placed, 99),
                 "leased_p50": _pct(leased, 50), "leased_p99": _pct(leased, 99),
                 "leased": len(leased), "rtt_p50": _pct(rtts, 50), "rtt_p99": _pct(rtts, 99),
-                "overcommitted": overcommitted, "live": live}
+                "overcommitted": overcommitted, "live": live,
+                "platform_ms": 1000 * platform_cpu / len(rtts),
+                "database_ms": 1000 * database_cpu / len(rtts)}
     finally:
         for server in servers:
             _stop_server(server)
@@ -657,6 +667,15 @@ def _wait(conn: psycopg.Connection, sql: str, params: tuple, timeout: float) -> 
         time.sleep(0.05)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -751,7 +770,13 @@ def main() -> None:
         _print_run(f"{processes} platform process{'es' if processes > 1 else ''}", run,
                    args.capacity_rate)
     print(f"  ratio, submits/s taken by two processes / by one:"
-          f" {capacity[2]['achieved'] / capacity[1]['achieved']:.2f}")
+          f" {capacity[2]['achieved'] / capacity[1]['achieved']:.2f}"
+          f" (on {os.cpu_count()} cores shared with PostgreSQL and the clients)")
+    one, two = capacity[1], capacity[2]
+    print(f"  platform CPU per submit, two processes / one:"
+          f" {two['platform_ms'] / one['platform_ms']:.2f} (1 means it scales with the cores"
+          f" given to platform processes until PostgreSQL, at {two['database_ms']:.2f} ms a"
+          f" submit, is the limit)")
 
 
 def _print_run(label: str, run: dict[str, float], asked: float) -> None:
@@ -765,6 +790,8 @@ def _print_run(label: str, run: dict[str, float], asked: float) -> None:
           f"  p99 {run['leased_p99'] * 1000:.0f} ms  ({run['leased']:,} leased)")
     print(f"    submit POST round trip  p50 {run['rtt_p50'] * 1000:.1f} ms"
           f"  p99 {run['rtt_p99'] * 1000:.1f} ms")
+    print(f"    CPU per submit (placing and leasing it included): platform processes"
+          f" {run['platform_ms']:.2f} ms, their PostgreSQL backends {run['database_ms']:.2f} ms")
 
 if __name__ == "__main__":
     main()

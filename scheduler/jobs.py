@@ -35,16 +35,19 @@ def submit_job(conn: psycopg.Connection, spec: JobSpec, tenant: str, now: dateti
     return submit_jobs(conn, [(spec, tenant, now)])[0]
 
 
-def submit_jobs(conn: psycopg.Connection, jobs: list[tuple[JobSpec, str, datetime]]
-                ) -> list[str]:
+def submit_jobs(conn: psycopg.Connection, jobs: list[tuple[JobSpec, str, datetime]],
+                ids: list[str] | None = None) -> list[str]:
     """Queue jobs, each ``(spec, tenant, submitted at)``; return their ids in order.
 
     All of them, with their first transitions, are written by one statement: one round trip,
     atomic on its own. Submits come hundreds a second and are written in groups
     (``scheduler.submits``); the group travels as one JSON document, which costs far less to
     encode than a dozen array parameters.
+
+    Written again with the same ``ids`` (a group whose answer was lost: committed or not), it
+    stores only the jobs not stored yet: a job is never stored twice.
     """
-    ids = [new_job_id() for _ in jobs]
+    ids = ids or [new_job_id() for _ in jobs]
     rows = [
         {"id": job_id, "tenant": tenant, "project": spec.project, "name": spec.name,
          "spec": spec.model_copy(update={"tenant": tenant}).model_dump(mode="json"),
@@ -61,7 +64,8 @@ def submit_jobs(conn: psycopg.Connection, jobs: list[tuple[JobSpec, str, datetim
         " u.per_task, u.priority, u.max_runtime_s, u.retries, %s, u.at, u.at"
         " FROM jsonb_to_recordset(%s::jsonb) AS u(id text, tenant text, project text,"
         " name text, spec jsonb, constraints text, tasks int, per_task int, priority int,"
-        " max_runtime_s int, retries int, at timestamptz) RETURNING id, submitted_at)"
+        " max_runtime_s int, retries int, at timestamptz)"
+        " ON CONFLICT (id) DO NOTHING RETURNING id, submitted_at)"
         " INSERT INTO job_transitions (job_id, run_id, from_state, to_state, at, reason)"
         " SELECT id, NULL, NULL, %s, submitted_at, 'submitted' FROM job",
         (JobState.QUEUED, json.dumps(rows), JobState.QUEUED),

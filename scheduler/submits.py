@@ -31,7 +31,7 @@ from scheduler.feasibility import (
     RegistryCache,
     check_submit,
 )
-from scheduler.jobs import submit_jobs
+from scheduler.jobs import new_job_id, submit_jobs
 from scheduler.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class Receipt:
     warnings: list[Obstacle]
 
 
-_Item = tuple[JobSpec, str, datetime, asyncio.Future[Receipt]]
+# spec, tenant, submitted at, the answer, and the job's id, chosen once: a group written again
+# after its answer was lost (committed or not) stores each job under the same id, once.
+_Item = tuple[JobSpec, str, datetime, asyncio.Future[Receipt], str]
 
 
 class SubmitWriter:
@@ -63,7 +65,7 @@ class SubmitWriter:
         """Queue the job (submitted ``at``); its receipt once it is committed."""
         self._ensure_started()
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._queue.put((spec, tenant, at, future))
+        self._queue.put((spec, tenant, at, future, new_job_id()))
         return await future
 
     def stop(self) -> None:
@@ -111,8 +113,8 @@ class SubmitWriter:
                 assessed = [_assess(spec, registry) for spec, *_ in group]
                 kept = [(item, found) for item, found in zip(group, assessed, strict=True)
                         if isinstance(found, Feasibility)]
-                jobs = [(spec, tenant, at) for (spec, tenant, at, _), _ in kept]
-                ids = submit_jobs(conn, jobs) if jobs else []
+                jobs = [(spec, tenant, at) for (spec, tenant, at, *_), _ in kept]
+                ids = submit_jobs(conn, jobs, [item[4] for item, _ in kept]) if jobs else []
         except Exception as exc:
             if len(group) == 1:
                 _answer(group[0][3], exc)
@@ -122,10 +124,10 @@ class SubmitWriter:
             for item in group:
                 self._write([item])
             return
-        for (*_, future), found in zip(group, assessed, strict=True):
+        for (*_, future, _), found in zip(group, assessed, strict=True):
             if isinstance(found, Invalid):
                 _answer(future, found)
-        for ((*_, future), found), job_id in zip(kept, ids, strict=True):
+        for ((*_, future, _), found), job_id in zip(kept, ids, strict=True):
             _answer(future, Receipt(job_id, found.warnings))
         if kept:
             self.on_written()

@@ -35,7 +35,7 @@ from jinsuan.kernel.platform import Platform
 from scheduler.cycle import run_cycle
 from scheduler.leasedesk import Woken
 from scheduler.seed import PoolSpec, seed_site
-from scheduler.service import service_for
+from scheduler.service import CYCLE_LOCK, service_for
 from scheduler.spec import JobSpec
 from scheduler.submits import Receipt
 
@@ -237,3 +237,26 @@ def test_woken_requests_at_many_sites_are_leased_together_each_its_own_runs(
                               (site_id, agent_id)).fetchall()
         assert sorted(lease.run_id for lease in leases) == sorted(row[0] for row in leased)
     assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'leased'").fetchone()[0] == 8
+
+
+def test_processes_take_turns_at_the_cycle_and_a_held_turn_keeps_the_trigger(
+        platform, site, conn, database_url):
+    """While another process holds the cycle lock, this process's loop places nothing; it keeps
+    its trigger and places the job as soon as the lock is free, without a new submit."""
+    service = service_for(platform)
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (CYCLE_LOCK,))
+        service.start()
+        try:
+            receipt = asyncio.run(service.submits.submit(JobSpec.model_validate(JOB), "t1",
+                                                         datetime.now(UTC)))
+            state = "SELECT state FROM jobs WHERE id = %s"
+            deadline = time.monotonic() + 1.0  # ten of the loop's tries at the gap
+            while time.monotonic() < deadline:
+                assert conn.execute(state, (receipt.job_id,)).fetchone()[0] == "queued"
+                time.sleep(0.05)
+            other.execute("SELECT pg_advisory_unlock(%s)", (CYCLE_LOCK,))
+            _wait_until(lambda: conn.execute(state, (receipt.job_id,)).fetchone()[0]
+                        == "placed", "the job to be placed once the lock is free", timeout=5)
+        finally:
+            service.shutdown()

@@ -386,3 +386,33 @@ def test_build_worker_reads_the_executor_section(tmp_path: Path) -> None:
         build_worker({"kind": "process", "max_runs": -1}, **common)
     with pytest.raises(ExecutorConfigError, match=r"executor\.kind"):
         build_worker({}, **common)
+
+
+def test_a_long_polling_worker_starts_a_job_placed_while_its_request_is_held(
+        site: Site, dispatcher, platform, conn):
+    """With long polls (the config's default) the platform holds the worker's request while
+    nothing is placed at its site; a job placed meanwhile is leased and running at once, not at
+    the next heartbeat, ten seconds on."""
+    worker = LeaseWorker(
+        platform_url=site.served.url, agent_id=site.agent_id, key=site.key,
+        executor=ProcessExecutor(state_dir=site.state_dir),
+        state_path=site.state_dir / STATE_FILE, heartbeat_s=10, request_timeout_s=30,
+        long_poll=True)
+    site.workers.append(worker)
+    loop = threading.Thread(target=worker.run, daemon=True)
+    loop.start()
+    try:
+        service = service_for(platform)
+        wait_for(lambda: service.wakeups._waiters.get(site.site_id), bool, timeout=20)
+        asked = conn.execute("SELECT last_lease_at FROM agent_leases WHERE agent_id = %s",
+                             (site.agent_id,)).fetchone()[0]
+        job_id = submit(dispatcher, platform, ["sleep", "30"])
+        wait_for(lambda: job(dispatcher, job_id)["state"], lambda s: s == "running", timeout=5)
+        # Leased by the held request itself: no later request was needed.
+        leased_at = conn.execute("SELECT leased_at FROM runs WHERE job_id = %s",
+                                 (job_id,)).fetchone()[0]
+        assert leased_at - asked < timedelta(seconds=10)
+    finally:
+        worker.stop()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
