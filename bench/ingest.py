@@ -25,10 +25,18 @@ also the end-to-end rows' chunks once compressed), and the ``reports`` rows and 
 (``report_bodies``, TOAST and index included) per sample the reports carried.
 
     python bench/ingest.py [--sites 4] [--accelerators 256] [--cycles-per-batch 6]
-                           [--batches 12] [--rounds 3]
+                           [--batches 12] [--rounds 3] [--flavours plain,timescale,citus]
 
 PostgreSQL: $JINSUAN_BENCH_PG (an admin URL) or 127.0.0.1:5432; a database is created for the
-run and dropped after it.
+run and dropped after it, and the store takes the flavour the server offers. With --flavours,
+the same benchmark runs once per store flavour named, one after the other, each on its own
+server, and a table compares them at the end: plain PostgreSQL on $JINSUAN_BENCH_PG,
+TimescaleDB on $JINSUAN_BENCH_TIMESCALE_PG (default 127.0.0.1:5440,
+../shared/vendor/timescaledb.sh) and Citus on $JINSUAN_BENCH_CITUS_PG (default
+127.0.0.1:5450, a coordinator with its workers registered, ../shared/vendor/citus.sh; the
+run's database is made on every node). On Citus the sizes are summed over the workers' shards
+(``citus_total_relation_size``), and the end-to-end rows' daily partitions are then converted
+to columnar, as the partition upkeep does a week on, to give their size in that form.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from agents.probes.simulated import SimulatedSite, SimulatedSiteConfig
 from agents.uploader import seal, unseal
 from collectors.validation import Samples
 from collectors.writer import COPY_SAMPLES, encode_samples
+from jinsuan.cli.server import without_secrets
 from jinsuan.contract import signing
 from jinsuan.contract.wire import (
     AGENT_HEADER,
@@ -66,21 +75,23 @@ from jinsuan.contract.wire import (
 )
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.sites import create_enrolment_token, create_site
-from jinsuan.kernel.store import Database
+from jinsuan.kernel.store import Database, citus
+from jinsuan.kernel.store.migrate import Flavour
 
 ADMIN_URL = os.environ.get("JINSUAN_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URLS = {
+    Flavour.PLAIN: ADMIN_URL,
+    Flavour.TIMESCALE: os.environ.get("JINSUAN_BENCH_TIMESCALE_PG",
+                                      "postgresql://postgres@127.0.0.1:5440/postgres"),
+    Flavour.CITUS: os.environ.get("JINSUAN_BENCH_CITUS_PG",
+                                  "postgresql://postgres@127.0.0.1:5450/postgres"),
+}
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _database_url(name: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(ADMIN_URL)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
 
 
 @dataclass
@@ -215,21 +226,46 @@ def _raw_copy(url: str, rows: list[tuple[list[int], Samples, int]]) -> float:
             conn.close()
 
 
-def _bytes_per_sample(url: str, timescale: bool, end_to_end: int, since: datetime) -> None:
-    """Print what the store holds per sample, after ``VACUUM``; ``since`` is the first
-    end-to-end sample's time."""
+@dataclass
+class Sizes:
+    """What the store holds per sample after ``VACUUM``: the samples table per row, its
+    end-to-end rows' days once compressed (TimescaleDB) or columnar (Citus), and the reports
+    and kept bodies per end-to-end sample."""
+
+    samples: float
+    packed: float | None
+    reports: float
+    bodies: float
+
+
+def _samples_bytes(conn: psycopg.Connection, flavour: Flavour,
+                   since: datetime | None = None) -> int:
+    """Bytes of the samples table, indexes and TOAST included; on Citus summed over the
+    workers' shards, of the days ending after ``since`` when given."""
+    if flavour is Flavour.TIMESCALE:
+        return conn.execute("SELECT hypertable_size('samples')").fetchone()[0]
+    if flavour is Flavour.CITUS:
+        return conn.execute(
+            "SELECT coalesce(sum(citus_total_relation_size(partition)), 0) FROM time_partitions"
+            " WHERE parent_table = 'samples'::regclass AND to_value::timestamptz > %s",
+            (since or datetime.min.replace(tzinfo=UTC),)).fetchone()[0]
+    return conn.execute("SELECT sum(pg_total_relation_size(relid))"
+                        " FROM pg_partition_tree('samples')").fetchone()[0]
+
+
+def _bytes_per_sample(url: str, flavour: Flavour, end_to_end: int, since: datetime) -> Sizes:
+    """Print and return what the store holds per sample, after ``VACUUM``; ``since`` is the
+    first end-to-end sample's time."""
+    packed = None
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
         rows = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
-        samples = conn.execute(
-            "SELECT hypertable_size('samples')" if timescale else
-            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')"
-        ).fetchone()[0]
+        samples = _samples_bytes(conn, flavour)
         reports, bodies = conn.execute(
             "SELECT pg_total_relation_size('reports'),"
             " pg_total_relation_size('report_bodies')").fetchone()
-        if timescale:  # the daily chunks holding end-to-end rows (and no others, but for a
-            # run that crosses midnight UTC), compressed
+        if flavour is Flavour.TIMESCALE:  # the daily chunks holding end-to-end rows (and no
+            # others, but for a run that crosses midnight UTC), compressed
             conn.execute("SELECT compress_chunk(c) FROM show_chunks('samples') c")
             first = conn.execute(
                 "SELECT min(range_start) FROM timescaledb_information.chunks"
@@ -238,34 +274,76 @@ def _bytes_per_sample(url: str, timescale: bool, end_to_end: int, since: datetim
                 "SELECT sum(after_compression_total_bytes) FROM chunk_compression_stats('samples')"
                 " s JOIN timescaledb_information.chunks c ON c.chunk_name = s.chunk_name"
                 " WHERE c.range_start >= %s", (first,)).fetchone()[0]
-            compressed_rows = conn.execute("SELECT count(*) FROM samples WHERE ts >= %s",
-                                           (first,)).fetchone()[0]
-    print(f"store after VACUUM: samples {samples / rows:.2f} bytes/sample ({rows:,} rows);"
+        elif flavour is Flavour.CITUS:  # the daily partitions holding end-to-end rows,
+            # columnar, as the upkeep makes them a week on
+            first = conn.execute(
+                "SELECT min(from_value::timestamptz) FROM time_partitions"
+                " WHERE parent_table = 'samples'::regclass AND to_value::timestamptz > %s",
+                (since,)).fetchone()[0]
+            conn.execute(
+                "SELECT alter_table_set_access_method(partition, 'columnar') FROM time_partitions"
+                " WHERE parent_table = 'samples'::regclass AND from_value::timestamptz >= %s",
+                (first,))
+            compressed = _samples_bytes(conn, flavour, first)
+        if flavour is not Flavour.PLAIN:
+            packed_rows = conn.execute("SELECT count(*) FROM samples WHERE ts >= %s",
+                                       (first,)).fetchone()[0]
+            packed = compressed / packed_rows
+    where = " (summed over the workers)" if flavour is Flavour.CITUS else ""
+    print(f"store after VACUUM: samples {samples / rows:.2f} bytes/sample ({rows:,} rows){where};"
           f" reports {reports / end_to_end:.2f} and kept bodies {bodies / end_to_end:.2f}"
           f" bytes per end-to-end sample ({end_to_end:,})")
-    if timescale:
-        print(f"samples once compressed: {compressed / compressed_rows:.2f} bytes/sample"
-              f" ({compressed_rows:,} rows of the chunks the end-to-end rows are in)")
+    if packed is not None:
+        form = "compressed" if flavour is Flavour.TIMESCALE else "columnar"
+        print(f"samples once {form}: {packed:.2f} bytes/sample ({packed_rows:,} rows of the"
+              " days the end-to-end rows are in)")
+    return Sizes(samples / rows, packed, reports / end_to_end, bodies / end_to_end)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--accelerators", type=int, default=256)
-    parser.add_argument("--cycles-per-batch", type=int, default=6)
-    parser.add_argument("--batches", type=int, default=12, help="per agent and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+@dataclass
+class Result:
+    flavour: Flavour
+    end_to_end: float  # samples/s, median of the rounds
+    raw: float
+    ratio: float
+    sizes: Sizes
 
+
+def _start_server(url: str, tmp: str, port: int, flavour: Flavour) -> subprocess.Popen:
+    env = dict(os.environ, DATABASE_URL=url, JINSUAN_RUN_BACKGROUND_JOBS="false",
+               JINSUAN_DATA_DIR=tmp, JINSUAN_POOL_MAX_SIZE="8",
+               JINSUAN_USE_TIMESCALE=str(flavour is Flavour.TIMESCALE).lower(),
+               JINSUAN_USE_CITUS=str(flavour is Flavour.CITUS).lower())
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jinsuan.cli", "serve", "--port", str(port)], env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.terminate()
+            raise SystemExit("the platform did not start")
+        time.sleep(0.2)
+
+
+def bench(admin_url: str, want: Flavour | None, args: argparse.Namespace) -> Result:
+    """One run on a new database of ``admin_url``'s server: the flavour ``want``, or (None)
+    whichever the server offers."""
     name = f"jinsuan_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = _database_url(name)
+    cluster = citus.nodes(admin_url)
+    url = citus.create_database(cluster, name)
     port = _free_port()
     server = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(database_url=url, data_dir=Path(tmp), run_background_jobs=False)
+            settings = Settings(database_url=url, data_dir=Path(tmp), run_background_jobs=False,
+                                use_timescale=want in (None, Flavour.TIMESCALE),
+                                use_citus=want in (None, Flavour.CITUS))
             db = Database.open(settings)
             tokens = []
             with db.pool.connection() as conn:
@@ -276,26 +354,15 @@ def main() -> None:
                 # Partitions for the bench's hours and the baseline's, outside the timing.
                 today = datetime.now(UTC).date()
                 db.partitions.ensure(conn, [today - timedelta(days=d) for d in range(3)])
-            timescale = db.timescale
+            flavour = db.flavour
             db.close()
+            if want is not None and flavour is not want:
+                raise SystemExit(f"{without_secrets(admin_url)} gave a {flavour} store,"
+                                 f" not {want}")
+            print(f"== {flavour}: {without_secrets(url)}", flush=True)
 
-            env = dict(os.environ, DATABASE_URL=url, JINSUAN_RUN_BACKGROUND_JOBS="false",
-                       JINSUAN_DATA_DIR=tmp, JINSUAN_POOL_MAX_SIZE="8")
-            server = subprocess.Popen(
-                [sys.executable, "-m", "jinsuan.cli", "serve", "--port", str(port)], env=env
-            )
+            server = _start_server(url, tmp, port, flavour)
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the platform did not start")
-                time.sleep(0.2)
-
             span = timedelta(seconds=10 * args.rounds * args.batches * args.cycles_per_batch)
             start = datetime.now(UTC) - span - timedelta(minutes=10)
             plans = []
@@ -330,19 +397,56 @@ def main() -> None:
                       f"agents; end to end {e2e:,.0f}/s ({e2e_s:.2f} s; CPU: platform "
                       f"{server_cpu:.2f} s, senders {client_cpu:.2f} s), raw COPY {raw:,.0f}/s "
                       f"({raw_s:.2f} s), ratio {e2e / raw:.2f}", flush=True)
-            _bytes_per_sample(url, timescale, sent, start)
+            server.terminate()
+            server.wait(timeout=30)
+            server = None
+            sizes = _bytes_per_sample(url, flavour, sent, start)
 
         e2e, raw, ratio = (statistics.median(r[i] for r in rounds) for i in range(3))
         print(f"median of {args.rounds} rounds:")
         print(f"end to end (HTTP, verify, validate, COPY): {e2e:,.0f} samples/s")
         print(f"raw COPY baseline, same rows, same table:  {raw:,.0f} samples/s")
-        print(f"ratio: {ratio:.2f}")
+        print(f"ratio: {ratio:.2f}", flush=True)
+        return Result(flavour, e2e, raw, ratio, sizes)
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        citus.drop_database(cluster, name)
+
+
+def _flavours(text: str) -> list[Flavour]:
+    try:
+        return [Flavour(name.strip()) for name in text.split(",") if name.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc}; the flavours are {', '.join(f.value for f in Flavour)}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, default=4)
+    parser.add_argument("--accelerators", type=int, default=256)
+    parser.add_argument("--cycles-per-batch", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=12, help="per agent and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flavours", type=_flavours, default=None,
+                        help="comma-separated store flavours to compare (plain, timescale,"
+                             " citus), each on its own server (see the module's docstring)")
+    args = parser.parse_args()
+    if args.flavours is None:
+        bench(ADMIN_URL, None, args)
+        return
+    results = [bench(ADMIN_URLS[f], f, args) for f in args.flavours]
+    print(f"\n{'flavour':<10} {'end to end/s':>13} {'raw COPY/s':>11} {'ratio':>6}"
+          f" {'samples B/sample':>17} {'packed':>7} {'bodies':>7} {'reports':>8}")
+    for r in results:
+        packed = "-" if r.sizes.packed is None else f"{r.sizes.packed:.2f}"
+        print(f"{r.flavour.value:<10} {r.end_to_end:>13,.0f} {r.raw:>11,.0f} {r.ratio:>6.2f}"
+              f" {r.sizes.samples:>17.2f} {packed:>7} {r.sizes.bodies:>7.2f}"
+              f" {r.sizes.reports:>8.2f}")
+    print("(packed: the end-to-end rows' days compressed on TimescaleDB, columnar on Citus;"
+          " bodies and reports: bytes per end-to-end sample)")
 
 
 if __name__ == "__main__":

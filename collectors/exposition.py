@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -21,7 +22,9 @@ from prometheus_client.registry import Collector
 from collectors.state import SiteState, site_states
 from jinsuan.kernel.auth import Role
 from jinsuan.kernel.deps import ConnDep, PlatformDep, allow, public
+from jinsuan.kernel.errors import Unavailable
 from jinsuan.kernel.store import Database
+from jinsuan.kernel.store.readiness import label, missing_migrations
 
 
 class IngestMetrics:
@@ -133,10 +136,21 @@ def router(sites: CollectorRegistry) -> APIRouter:
         """The process answers: no database, no worker thread, so it answers under any load."""
         return {"status": "ok"}
 
-    @api.get("/readyz", dependencies=[public("readiness probe: the store answers")],
+    @api.get("/readyz", dependencies=[public("readiness probe: the store answers and holds"
+                                             " every migration of this version")],
              responses={503: {}})
-    def readyz(conn: ConnDep) -> dict[str, str]:
-        conn.execute("SELECT 1")
+    def readyz(conn: ConnDep, platform: PlatformDep) -> dict[str, str]:
+        """Ready to take traffic: the store answers and its schema has every migration this
+        code ships. Otherwise 503, naming what is missing; ``/healthz`` stays the liveness
+        check, so a replica waiting for its database is kept, not restarted."""
+        try:
+            missing = missing_migrations(conn, platform.db.flavour)
+        except psycopg.OperationalError:
+            raise Unavailable("the store does not answer", retry_after_s=5) from None
+        if missing:
+            raise Unavailable("the database lacks migrations this version needs: "
+                              + ", ".join(label(step) for step in missing)
+                              + " (run `jinsuan migrate`)", retry_after_s=5)
         return {"status": "ready"}
 
     return api

@@ -13,8 +13,10 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from collectors import federation
 from collectors.evidence import drop_expired_bodies, recompress_bodies
 from collectors.rollup import run_rollups
 from jinsuan.kernel import ledger
@@ -45,7 +47,9 @@ def maintain_partitions(db: Database, retention_days: int, today: datetime | Non
     """Create today's and the next days' sample partitions; drop those past retention, and the
     report bodies whose samples they held."""
     day = (today or datetime.now(UTC)).date()
-    with db.pool.connection() as conn:
+    # A connection of its own, past any transaction pooler: Citus's columnar conversion holds
+    # a session lock (jinsuan.kernel.store.partitions).
+    with psycopg.connect(db.url, autocommit=True) as conn:
         db.partitions.ensure(conn, [day + timedelta(days=d)
                                     for d in range(PARTITIONS_AHEAD_DAYS + 1)])
         dropped = db.partitions.apply_retention(conn, retention_days, day)
@@ -138,5 +142,6 @@ def start_background_jobs(platform: Platform) -> BackgroundScheduler:
         max_instances=1,
         misfire_grace_time=None,
     )
+    federation.schedule(jobs, platform)
     jobs.start()
     return jobs

@@ -244,17 +244,11 @@ WHERE se.site_id = %(site)s AND se.metric = ANY(%(metrics)s)
   AND s.ts >= %(lo)s AND s.ts < %(hi)s
 UNION ALL
 SELECT se.metric, se.device, extract(epoch FROM b.ts)::float8, b.value, false
-FROM series se CROSS JOIN LATERAL (
-    SELECT ts, value FROM samples
-    WHERE series_id = se.id AND ts < %(lo)s AND ts >= %(lo_reach)s
-    ORDER BY ts DESC, value DESC LIMIT 1) b
+FROM series se CROSS JOIN LATERAL samples_last(se.id, %(lo_reach)s, %(lo)s, 1) b
 WHERE se.site_id = %(site)s AND se.metric = %(counter)s
 UNION ALL
 SELECT se.metric, se.device, extract(epoch FROM a.ts)::float8, a.value, false
-FROM series se CROSS JOIN LATERAL (
-    SELECT ts, value FROM samples
-    WHERE series_id = se.id AND ts >= %(hi)s AND ts < %(hi_reach)s
-    ORDER BY ts, value LIMIT 1) a
+FROM series se CROSS JOIN LATERAL samples_first(se.id, %(hi)s, %(hi_reach)s, 1) a
 WHERE se.site_id = %(site)s AND se.metric = %(counter)s
 ORDER BY 1, 2, 3, 4
 """
@@ -386,7 +380,9 @@ def run_rollups(
     and closed after it, not borrowed from the pool: each hour commits on its own (a long
     catch-up keeps its progress and holds no long transaction), and a session lock cannot leak
     into a pooled connection if unlocking fails, because closing the session releases it.
-    (It needs a session-preserving path to PostgreSQL, not a transaction-pooling proxy.)
+    It connects to ``db.url``, straight to PostgreSQL past any pooler in DATABASE_URL
+    (``JINSUAN_DIRECT_DATABASE_URL``): through a transaction pooler the lock would stay on a
+    server connection after this run, held for whichever client gets that connection next.
 
     ``now`` fixes the clock (tests); ``on_locked`` is called once the lock is held, before any
     work; ``stop`` ends the run between two hours (shutdown). Stored hours older than the
@@ -488,8 +484,8 @@ class _SiteRoller:
         if row is not None:
             return row[0].astimezone(UTC)
         first = self.conn.execute(
-            "SELECT min(f.ts) FROM series se CROSS JOIN LATERAL ("
-            " SELECT ts FROM samples WHERE series_id = se.id ORDER BY ts LIMIT 1) f"
+            "SELECT min(f.ts) FROM series se"
+            " CROSS JOIN LATERAL samples_first(se.id, '-infinity', 'infinity', 1) f"
             " WHERE se.site_id = %s",
             (self.site_id,),
         ).fetchone()

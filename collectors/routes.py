@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
-from collectors import annual, enrolment, exposition, intake, management, readapi
+from collectors import (
+    annual,
+    enrolment,
+    exposition,
+    federation_routes,
+    intake,
+    management,
+    readapi,
+)
 from jinsuan.kernel.platform import Platform
 
 
@@ -19,5 +27,6 @@ def routers(platform: Platform) -> list[APIRouter]:
         management.router(),
         readapi.router(),
         annual.router(),
+        federation_routes.router(),
         exposition.router(sites),
     ]

@@ -36,6 +36,7 @@ from collectors.energy import (
 from jinsuan.contract.metrics import CATALOGUE
 
 _MARGIN = timedelta(minutes=15)  # samples fetched before the window, to interpolate its start
+_MICROSECOND = timedelta(microseconds=1)  # timestamptz's resolution: (a, b] is [a + 1µs, b + 1µs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +146,9 @@ def _accelerators(
         " FROM accelerators a"
         " JOIN series s ON s.site_id = a.site_id AND s.metric = 'accelerator_up'"
         "  AND s.device = a.uuid"
-        " CROSS JOIN LATERAL (SELECT x.value FROM samples x WHERE x.series_id = s.id"
-        "  AND x.ts > %s AND x.ts <= %s ORDER BY x.ts DESC LIMIT 1) latest"
+        " CROSS JOIN LATERAL samples_last(s.id, %s, %s, 1) latest"
         " WHERE a.site_id = ANY(%s)",
-        (since, end, site_ids),
+        (since + _MICROSECOND, end + _MICROSECOND, site_ids),  # (since, end]
     ).fetchall()
     out: dict[int, _Acc] = defaultdict(_Acc)
     for site_id, tflops, estimated, up in rows:

@@ -60,8 +60,8 @@ SELECT a.site_id, a.model, min(a.vendor), bool_and(a.domestic), min(a.fp16_tflop
        min(a.memory_total_bytes), count(*)
 FROM accelerators a
 JOIN series s ON s.site_id = a.site_id AND s.metric = 'accelerator_up' AND s.device = a.uuid
-CROSS JOIN LATERAL (SELECT x.value FROM samples x WHERE x.series_id = s.id
-                    AND x.ts > %(fresh)s AND x.ts <= %(now)s ORDER BY x.ts DESC LIMIT 1) latest
+CROSS JOIN LATERAL samples_last(s.id, %(fresh)s + interval '1 microsecond',
+                                 %(now)s + interval '1 microsecond', 1) latest  -- (fresh, now]
 WHERE latest.value = 1
 GROUP BY a.site_id, a.model
 """

@@ -73,13 +73,11 @@ WITH devs AS (
 SELECT x.series_id, extract(epoch FROM x.ts)::float8, x.value FROM samples x
 WHERE x.series_id IN (SELECT id FROM devs) AND x.ts > %(start)s AND x.ts <= %(end)s
 UNION ALL
-SELECT d.id, extract(epoch FROM b.ts)::float8, b.value FROM devs d CROSS JOIN LATERAL (
-    SELECT ts, value FROM samples WHERE series_id = d.id AND ts <= %(start)s
-    ORDER BY ts DESC, value DESC LIMIT 1) b
+SELECT d.id, extract(epoch FROM b.ts)::float8, b.value FROM devs d CROSS JOIN LATERAL
+    samples_last(d.id, '-infinity', %(start)s + interval '1 microsecond', 1) b  -- ts <= start
 UNION ALL
-SELECT d.id, extract(epoch FROM a.ts)::float8, a.value FROM devs d CROSS JOIN LATERAL (
-    SELECT ts, value FROM samples WHERE series_id = d.id AND ts > %(end)s
-    ORDER BY ts, value LIMIT %(lookahead)s) a
+SELECT d.id, extract(epoch FROM a.ts)::float8, a.value FROM devs d CROSS JOIN LATERAL
+    samples_first(d.id, %(end)s + interval '1 microsecond', 'infinity', %(lookahead)s) a
 ORDER BY 1, 2, 3
 """
 

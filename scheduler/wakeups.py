@@ -7,6 +7,10 @@ process has one listening connection (:class:`PlacementListener`) that bumps a p
 generation in :class:`SiteWakeups`; a held request remembers the generation it saw before it
 looked for work, and waits until that changes or its time is up. Were the listening connection
 to break, held requests still end at their timeout, so an agent never waits longer than it asked.
+
+The listening connection needs a session of its own: through a pooler in transaction mode its
+LISTEN would stay on a server connection that nobody reads. It connects to ``Database.url``,
+straight to PostgreSQL (``JINSUAN_DIRECT_DATABASE_URL``); the NOTIFY may go through the pooler.
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class PlacementListener:
-    """One connection per platform process that LISTENs and feeds :class:`SiteWakeups`."""
+    """One connection per platform process that LISTENs and feeds :class:`SiteWakeups`;
+    ``url`` must reach a PostgreSQL session of its own, not a transaction pooler."""
 
     def __init__(self, url: str, wakeups: SiteWakeups, retry_s: float = 1.0) -> None:
         self.url = url

@@ -11,24 +11,21 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import psycopg
 import pytest
 
 ADMIN_URL = os.environ.get("JINSUAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-# Which store the tests run on, chosen, never guessed: "plain" PostgreSQL (the default) or
+# Which store the tests run on, chosen, never guessed: "plain" PostgreSQL (the default),
 # "timescale" (JINSUAN_TEST_PG must then be a server with TimescaleDB preloaded, e.g. the one
-# ../shared/vendor/timescaledb.sh starts on 127.0.0.1:5440; .ci/run runs a subset so).
+# ../shared/vendor/timescaledb.sh starts on 127.0.0.1:5440) or "citus" (JINSUAN_TEST_PG must be
+# a Citus coordinator whose database there has its workers registered, e.g. the cluster
+# ../shared/vendor/citus.sh starts on 127.0.0.1:5450-5452); .ci/run runs a subset on each.
 FLAVOUR = os.environ.get("JINSUAN_TEST_FLAVOUR", "plain")
-if FLAVOUR not in ("plain", "timescale"):
-    raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR={FLAVOUR!r}: use plain or timescale")
-
-
-def _with_database(url: str, name: str) -> str:
-    conninfo = psycopg.conninfo.conninfo_to_dict(url)
-    conninfo["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**conninfo)
+if FLAVOUR not in ("plain", "timescale", "citus"):
+    raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR={FLAVOUR!r}: use plain, timescale or citus")
 
 
 @pytest.fixture(scope="session")
@@ -49,42 +46,58 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.cleanup()
 
 
+@cache
+def _nodes(pg_admin_url: str) -> tuple[str, ...]:
+    """The admin URLs of the servers a test database lives on: the server itself and, on Citus,
+    each worker registered in the admin database (a Citus database is one per node)."""
+    if FLAVOUR != "citus":
+        return (pg_admin_url,)
+    from jinsuan.kernel.store import citus
+
+    cluster = citus.nodes(pg_admin_url)
+    if len(cluster) < 2:
+        raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR=citus, but {pg_admin_url} is no Citus"
+                                " coordinator with workers registered (pg_dist_node)")
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> Iterator[str]:
-    from jinsuan.kernel.store.migrate import migrate
+    from jinsuan.kernel.store import citus
+    from jinsuan.kernel.store.migrate import Flavour, upgrade
 
     name = f"jinsuan_tpl_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    nodes = _nodes(pg_admin_url)
+    url = citus.create_database(nodes, name)
     try:
-        with psycopg.connect(_with_database(pg_admin_url, name), autocommit=True) as conn:
-            timescale = migrate(conn, want_timescale=FLAVOUR == "timescale")
-        if timescale != (FLAVOUR == "timescale"):
-            raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR=timescale, but {pg_admin_url} has no"
-                                    " TimescaleDB preloaded")
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            # A template nobody can connect to: TimescaleDB's background workers would, and a
-            # CREATE DATABASE ... TEMPLATE that finds them there fails with ObjectInUse.
-            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        with psycopg.connect(url, autocommit=True) as conn:
+            flavour = upgrade(conn, want_timescale=FLAVOUR == "timescale",
+                              want_citus=FLAVOUR == "citus")
+        if flavour != Flavour(FLAVOUR):
+            raise pytest.UsageError(f"JINSUAN_TEST_FLAVOUR={FLAVOUR}, but {pg_admin_url} gave"
+                                    f" a {flavour} store: timescale needs TimescaleDB preloaded")
+        # A template nobody can connect to: TimescaleDB's and Citus's background workers would,
+        # and a CREATE DATABASE ... TEMPLATE that finds them there fails with ObjectInUse.
+        citus.close_database(nodes, name)
         yield name
     finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        citus.drop_database(nodes, name)
 
 
 @contextmanager
 def fresh_database(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """A fresh copy of the migrated template, dropped on exit; yields its URL."""
+    """A fresh copy of the migrated template, dropped on exit; yields its URL. On Citus the
+    template is copied on every node alike: the coordinator's copy keeps its metadata (shard
+    ids and placements), each worker's copy the shards it names."""
+    from jinsuan.kernel.store import citus
+
     name = f"jinsuan_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    nodes = _nodes(pg_admin_url)
+    url = citus.create_database(nodes, name, template=template_db)
     try:
-        yield _with_database(pg_admin_url, name)
+        yield url
     finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        citus.drop_database(nodes, name)
 
 
 @pytest.fixture

@@ -50,4 +50,5 @@ def test_collectors_public_routes_are_the_expected_few(settings, db):
         if route.endpoint.__module__.startswith("collectors.")
         and not any(d.startswith("roles:") for d in _declarations(route.dependant))
     )
-    assert public == ["/healthz", "/metrics", "/readyz", "/v1/agents/enrol", "/v1/reports"]
+    assert public == ["/healthz", "/metrics", "/readyz", "/v1/agents/enrol",
+                      "/v1/federation/hourly", "/v1/reports"]

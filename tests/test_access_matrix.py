@@ -61,6 +61,7 @@ PUBLIC_ANSWERS = {
     ("POST", "/v1/leases"): 401,  # no agent signature
     ("POST", "/v1/runs/{run_id}/events"): 401,  # no agent signature
     ("POST", "/v1/reports"): 401,  # no agent signature
+    ("POST", "/v1/federation/hourly"): 401,  # no platform signature
     ("POST", "/v1/agents/enrol"): 422,  # no enrolment token in {}
     ("GET", "/metrics"): 200,
     ("GET", "/healthz"): 200,

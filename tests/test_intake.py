@@ -22,6 +22,7 @@ from collectors_kit import (
     now_ms,
     steady_series,
 )
+from conftest import FLAVOUR
 from fastapi.testclient import TestClient
 
 from collectors.validation import Limits, Rule, first_problem
@@ -268,6 +269,8 @@ def test_unsupported_encoding_is_415(client, agent):
 
 def test_batch_whose_copy_fails_midway_writes_nothing(client, conn, agent):
     """A real failure inside COPY (a trigger raising on one row) rolls the whole batch back."""
+    if FLAVOUR == "citus":  # Citus makes a trigger on a distributed table only when told to
+        conn.execute("SET citus.enable_unsafe_triggers = on")
     conn.execute(
         "CREATE FUNCTION refuse_777() RETURNS trigger LANGUAGE plpgsql AS $$"
         " BEGIN IF NEW.value = 777 THEN RAISE EXCEPTION 'refused by test'; END IF;"

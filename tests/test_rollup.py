@@ -460,7 +460,8 @@ def test_background_jobs_roll_up_and_keep_partitions(db, conn, settings) -> None
     }
     jobs = start_background_jobs(Platform(settings.model_copy(update={"rollup_every_s": 1}), db))
     try:
-        assert {job.id for job in jobs.get_jobs()} == {"rollup", "partitions", "ledger-checkpoint"}
+        assert {job.id for job in jobs.get_jobs()} == {
+            "rollup", "partitions", "evidence-recompress", "ledger-checkpoint"}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             runs = conn.execute(

@@ -19,7 +19,8 @@ def _read_only(settings: Any) -> Iterator[tuple[Any, str]]:
     from jinsuan.kernel.store import embedded
 
     server = None
-    url = settings.database_url
+    # A session's setting: past any transaction pooler, which would hand it on to its next client
+    url = settings.direct_database_url or settings.database_url
     if not url:
         url, server = embedded.start(settings.data_dir)
     try:

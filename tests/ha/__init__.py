@@ -3,7 +3,9 @@
 ``start_pair()`` makes sure both nodes run with a leader and a synchronous standby (skipping
 the caller's tests, with the reason, only where the packages cannot be installed here);
 ``kill_leader()`` kills the leader's Patroni and PostgreSQL with SIGKILL, as a host that dies
-would; ``start_pair()`` again brings the dead node back as a standby (Patroni rewinds it).
+would; ``start_pair()`` again brings the dead node back as a standby (Patroni rewinds it);
+``restart_leader()`` restarts the leader's PostgreSQL through Patroni's REST API, as an operator
+applying a setting would (no failover: the leader keeps its key while it restarts).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ HOSTS = "127.0.0.1:5460,127.0.0.1:5461"
 REST = ("http://127.0.0.1:8108", "http://127.0.0.1:8109")
 
 
-def url(dbname: str = "postgres") -> str:
-    """The multi-host URL the platform uses: libpq finds the primary among the nodes."""
+def url(dbname: str = "postgres", application_name: str | None = None) -> str:
+    """The multi-host URL the platform uses: libpq finds the primary among the nodes.
+
+    ``application_name`` names the client in ``pg_stat_activity``, so a test can tell which
+    platform process a server backend belongs to."""
+    named = f"&application_name={application_name}" if application_name else ""
     return (f"postgresql://postgres@{HOSTS}/{dbname}"
-            "?target_session_attrs=read-write&connect_timeout=2")
+            f"?target_session_attrs=read-write&connect_timeout=2{named}")
 
 
 def start_pair() -> None:
@@ -71,6 +77,25 @@ def kill_leader() -> str:
         with suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
     return name
+
+
+def healthy() -> bool:
+    """A leader and a synchronous standby, both running: the pair can lose a node."""
+    roles = sorted(m["role"] for m in members() if m["state"] in ("running", "streaming"))
+    return roles == ["leader", "sync_standby"]
+
+
+def restart_leader(timeout_s: float = 90) -> str:
+    """Restart the leader's PostgreSQL with ``POST /restart`` on its Patroni; return its name.
+
+    Patroni answers once the server is back up (or says why not)."""
+    (leading,) = [m for m in members() if m["role"] == "leader"]
+    api = leading["api_url"].removesuffix("/patroni")
+    reply = httpx.post(f"{api}/restart", json={}, timeout=timeout_s)
+    if reply.status_code != 200:
+        pytest.fail(f"Patroni refused to restart {leading['name']}: {reply.status_code}"
+                    f" {reply.text}")
+    return leading["name"]
 
 
 def wait_for_new_leader(old: str, timeout_s: float = 90) -> str:

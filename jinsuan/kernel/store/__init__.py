@@ -2,6 +2,10 @@
 
 Connections are in autocommit mode; code that needs atomicity opens ``conn.transaction()``
 explicitly, so a transaction's extent is visible where it matters.
+
+The pool connects to ``DATABASE_URL``, which may be a pooler in transaction mode (PgBouncer);
+what needs a session of its own (migrations, LISTEN, session advisory locks) connects to
+``Database.url``, straight to PostgreSQL (``JINSUAN_DIRECT_DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from psycopg_pool import ConnectionPool
 
 from jinsuan.kernel.settings import Settings
 from jinsuan.kernel.store import embedded
-from jinsuan.kernel.store.migrate import migrate
-from jinsuan.kernel.store.partitions import Partitions
+from jinsuan.kernel.store.migrate import Flavour, upgrade
+from jinsuan.kernel.store.partitions import Partitions, partitions_for
 
 
 @dataclass
 class Database:
-    url: str
+    url: str  # a session of one's own, past any pooler; the pool's URL is ``pool.conninfo``
     pool: ConnectionPool
-    timescale: bool
+    flavour: Flavour
     partitions: Partitions
     _embedded: Any = field(default=None, repr=False)
 
@@ -32,21 +36,38 @@ class Database:
         url = settings.database_url
         if not url:
             url, server = embedded.start(settings.data_dir)
-        with psycopg.connect(url, autocommit=True) as conn:
-            timescale = migrate(conn, want_timescale=settings.use_timescale)
+        session_url = settings.direct_database_url or url
+        with psycopg.connect(session_url, autocommit=True) as conn:
+            flavour = upgrade(conn, want_timescale=settings.use_timescale,
+                              want_citus=settings.use_citus)
         pool = ConnectionPool(
             url,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **_statements(settings)},
+            # psycopg_pool retries a lost connection 1, 2, 4, 8 ... s apart until this runs out;
+            # then the next request starts again, so a promoted standby is found within a second
+            # or so, not at the next doubling (docs/ha.md).
+            reconnect_timeout=settings.pool_reconnect_s,
             open=True,
             name="jinsuan",
         )
         pool.wait(timeout=30)
-        return cls(url, pool, timescale, Partitions(timescale), server)
+        return cls(session_url, pool, flavour, partitions_for(flavour), server)
+
+    @property
+    def timescale(self) -> bool:
+        return self.flavour is Flavour.TIMESCALE
 
     def close(self) -> None:
         self.pool.close()
         if self._embedded is not None:
             self._embedded.cleanup()
             self._embedded = None
+
+
+def _statements(settings: Settings) -> dict[str, Any]:
+    """Behind a transaction pooler no statement is prepared: psycopg prepares one after five
+    runs, on the server connection the pooler lent for that transaction, and the next
+    transaction may get another ("prepared statement ... does not exist")."""
+    return {"prepare_threshold": None} if settings.database_pooler == "transaction" else {}

@@ -1,9 +1,12 @@
-"""Daily partitions of the ``samples`` table on plain PostgreSQL, and raw-data retention.
+"""Daily partitions of the ``samples`` table on plain PostgreSQL and Citus, and raw-data
+retention.
 
 On TimescaleDB the hypertable makes its own chunks, and retention drops the old ones. On plain
 PostgreSQL a partition per UTC day is made
 before rows for that day are written, in a short transaction of its own (never inside an ingest
-transaction, so creating a partition cannot deadlock with concurrent writers).
+transaction, so creating a partition cannot deadlock with concurrent writers). On Citus the
+same statement makes the same partition: a partition of a distributed table is distributed by
+Citus, colocated with it; upkeep also turns the days older than a week columnar.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 from psycopg import sql
+
+from jinsuan.kernel.store.migrate import Flavour
 
 _LOCK_KEY = 0x6A73706172  # serialises partition DDL between platform processes
 
@@ -81,3 +86,49 @@ class Partitions:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
         self._known = {d for d in self._known if partition_name(d) >= cutoff}
         return dropped
+
+
+#: On Citus, a day's partition is converted to columnar storage once it ended this long ago:
+#: late data is rare by then (columnar takes inserts, but each one writes a small stripe).
+COLUMNAR_AFTER = timedelta(days=7)
+
+
+class CitusPartitions(Partitions):
+    """Daily partitions of the distributed ``samples``: made and dropped as on plain PostgreSQL,
+    and, at each upkeep, those older than :data:`COLUMNAR_AFTER` converted to columnar."""
+
+    def __init__(self) -> None:
+        super().__init__(timescale=False)
+
+    def apply_retention(self, conn: psycopg.Connection, keep_days: int, today: date) -> list[str]:
+        """Drop the days past retention (as on plain PostgreSQL), then make the week-old ones
+        columnar; return the partitions dropped."""
+        dropped = super().apply_retention(conn, keep_days, today)
+        self.make_columnar(conn, today)
+        return dropped
+
+    def make_columnar(self, conn: psycopg.Connection, today: date) -> list[str]:
+        """Convert the heap partitions whose day ended :data:`COLUMNAR_AFTER` before
+        ``today`` began to columnar, with Citus's ``alter_old_partitions_set_access_method``
+        (a procedure that commits each partition on its own: ``conn`` must be in autocommit,
+        outside a transaction); return the partitions converted."""
+        older_than = datetime.combine(today - COLUMNAR_AFTER, time(), UTC)
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            heap = [str(name) for (name,) in conn.execute(
+                "SELECT partition FROM time_partitions"
+                " WHERE parent_table = 'samples'::regclass AND access_method = 'heap'"
+                " AND to_value::timestamptz <= %s ORDER BY 1", (older_than,)).fetchall()]
+            if heap:
+                conn.execute("CALL alter_old_partitions_set_access_method("
+                             "'samples', %s, 'columnar')", (older_than,))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        return heap
+
+
+def partitions_for(flavour: Flavour) -> Partitions:
+    """The partition keeper of a store of ``flavour``."""
+    if flavour is Flavour.CITUS:
+        return CitusPartitions()
+    return Partitions(timescale=flavour is Flavour.TIMESCALE)
