@@ -1,25 +1,20 @@
-"""``jinsuan demo`` end to end: platform, five enrolled agents, reports, jobs, clean stop."""
+"""``jinsuan demo`` end to end: platform, five enrolled agents, reports, jobs, clean stop.
+
+How the demo stops on signals, as its own process, is in test_shutdown.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import httpx
 import psycopg
 import pytest
 from servers import free_port
 
 from jinsuan.contract.policytime import SHANGHAI
 from jinsuan.demo.run import SITES, run_demo
-from jinsuan.kernel.store import embedded
 
 
 def _wait_for(what: str, check, timeout_s: float = 90.0) -> None:
@@ -99,74 +94,3 @@ def test_demo_reports_from_every_site_runs_jobs_and_stops_cleanly(
     assert not failure, failure
     assert (tmp_path / "demo" / "agents" / "taiyuan-aicc.toml").exists()
 
-
-def _start_demo(data_dir, port: int) -> subprocess.Popen:
-    """``jinsuan demo`` as a user starts it: its own process, on the embedded database."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["JINSUAN_DATA_DIR"] = str(data_dir)
-    return subprocess.Popen(
-        [sys.executable, "-m", "jinsuan.cli", "demo", "--port", str(port), "--interval", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def _wait_until_serving(demo: subprocess.Popen, port: int) -> None:
-    def answers() -> bool:
-        assert demo.poll() is None, demo.stderr.read().decode()
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    _wait_for("the demo's platform to answer", answers, timeout_s=180)
-
-
-def _postmaster_running(pgdata) -> bool:
-    pid_file = pgdata / "postmaster.pid"
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text().split()[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
-def test_a_closed_terminal_or_a_service_manager_stops_the_demo_and_its_database(
-        tmp_path, signum):
-    port = free_port()
-    demo = _start_demo(tmp_path, port)
-    try:
-        _wait_until_serving(demo, port)
-        assert _postmaster_running(tmp_path / "pgdata")
-        demo.send_signal(signum)
-        assert demo.wait(timeout=120) == 0, demo.stderr.read().decode()
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    assert not _postmaster_running(tmp_path / "pgdata"), "the embedded PostgreSQL still runs"
-    assert json.loads((tmp_path / "pgdata" / ".handle_pids.json").read_text()) == []
-
-
-@pytest.mark.slow
-def test_a_killed_demo_does_not_keep_the_database_running_for_the_next_one(tmp_path):
-    """The killed process stays on pgserver's list of the server's users; the next user of
-    the data directory drops it, so its own stop stops the server again."""
-    port = free_port()
-    demo = _start_demo(tmp_path, port)
-    try:
-        _wait_until_serving(demo, port)
-    finally:
-        demo.kill()
-        demo.wait(timeout=30)
-    pgdata = tmp_path / "pgdata"
-    assert json.loads((pgdata / ".handle_pids.json").read_text()) == [demo.pid]
-    assert _postmaster_running(pgdata)
-
-    url, server = embedded.start(tmp_path)  # as the next demo (or jinsuan report) does
-    with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    server.cleanup()
-    assert not _postmaster_running(pgdata), "the next user's stop left the server running"

@@ -11,10 +11,12 @@ they are installed.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,9 +149,10 @@ def referenced_commands() -> dict[str, list[str]]:
         found[name] = exec_argv(read_unit(SYSTEMD / name))
     for kind, name in (("Deployment", "jinsuan-platform"), ("DaemonSet", "jinsuan-agent-gpu"),
                        ("StatefulSet", "jinsuan-agent-meters")):
-        workload = k8s(kind, name)
-        for c in workload["spec"]["template"]["spec"]["containers"]:
-            found[f"{kind} {name} {c['name']}"] = c["command"][1:]
+        pod = k8s(kind, name)["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if c["command"][0] == "jinsuan":
+                found[f"{kind} {name} {c['name']}"] = c["command"][1:]
     script = k8s("ConfigMap", "jinsuan-agent-enrol")["data"]["enrol.sh"]
     (line,) = [x for x in script.replace("\\\n", " ").splitlines() if "jinsuan agent" in x]
     argv = line.split()
@@ -287,6 +290,10 @@ def test_every_manifest_is_well_formed() -> None:
         if document["kind"] == "Kustomization":
             for resource in document["resources"]:
                 assert (path.parent / resource).is_file(), f"{where}: no {resource}"
+            # Every manifest beside it is applied, but the examples of secrets to fill in.
+            beside = {p.name for p in path.parent.glob("*.yaml")
+                      if p != path and not p.name.endswith(".example.yaml")}
+            assert beside <= set(document["resources"]), f"{where}: lists no {beside}"
             continue
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", document["metadata"]["name"])
         spec = document.get("spec", {})
@@ -305,6 +312,8 @@ def test_every_kubernetes_object_validates_against_its_schema() -> None:
     for path, document in k8s_documents():
         if document["kind"] == "Kustomization":  # kustomize's own file, not a cluster object
             continue
+        if (document["apiVersion"], document["kind"]) in CUSTOM_KINDS:  # an operator's kind
+            continue
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -314,6 +323,116 @@ def test_every_kubernetes_object_validates_against_its_schema() -> None:
     misspelt = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
     with pytest.raises(kubernetes_validate.ValidationError, match="replica"):
         kubernetes_validate.validate(misspelt, KUBERNETES_VERSION, strict=True)
+
+
+# --- CloudNativePG's Cluster: the fields of its published CRD that deploy/kubernetes/database uses.
+# Transcribed from cloudnative-pg v1.30.0, config/crd/bases/postgresql.cnpg.io_clusters.yaml
+# (openAPIV3Schema of version v1; the 470 kB file itself is not vendored): each object below
+# lists every field the CRD allows at its level, so a misspelt or invented field is refused as
+# the API server would refuse it, with the types, enums and bounds of the fields set here.
+
+QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+            r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+def crd_object(allowed: str, required: tuple[str, ...] = (), **typed: Any) -> dict[str, Any]:
+    """An object schema admitting exactly the fields ``allowed`` (space-separated), with the
+    schemas ``typed`` for those the example sets."""
+    names = allowed.split()
+    assert set(typed) <= set(names), set(typed) - set(names)
+    return {"type": "object", "additionalProperties": False, "required": list(required),
+            "properties": {name: typed.get(name, {}) for name in names}}
+
+
+def _quantities() -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": {
+        "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY}]}}
+
+
+_STRING, _BOOLEAN = {"type": "string"}, {"type": "boolean"}
+_VOLUME = crd_object("pvcTemplate resizeInUseVolumes size storageClass", size=_STRING)
+CNPG_CLUSTER_V1 = crd_object(
+    "apiVersion kind metadata spec status", ("metadata", "spec"),
+    apiVersion={"const": "postgresql.cnpg.io/v1"}, kind={"const": "Cluster"},
+    metadata={"type": "object"},
+    spec=crd_object(
+        "affinity backup bootstrap certificates description enablePDB enableSuperuserAccess env"
+        " envFrom ephemeralVolumeSource ephemeralVolumesSizeLimit externalClusters"
+        " failoverDelay imageCatalogRef imageName imagePullPolicy imagePullSecrets"
+        " inheritedMetadata instances livenessProbeTimeout logLevel managed maxSyncReplicas"
+        " minSyncReplicas monitoring nodeMaintenanceWindow plugins podSecurityContext"
+        " podSelectorRefs postgresGID postgresUID postgresql primaryLease primaryUpdateMethod"
+        " primaryUpdateStrategy priorityClassName probes projectedVolumeTemplate replica"
+        " replicationSlots resources schedulerName seccompProfile securityContext"
+        " serviceAccountName serviceAccountTemplate smartShutdownTimeout startDelay stopDelay"
+        " storage superuserSecret switchoverDelay tablespaces topologySpreadConstraints"
+        " walStorage", ("instances",),
+        description=_STRING,
+        instances={"type": "integer", "minimum": 1},
+        imageName=_STRING,
+        postgresql=crd_object(
+            "enableAlterSystem extensions ldap parameters pg_hba pg_ident promotionTimeout"
+            " shared_preload_libraries syncReplicaElectionConstraint synchronous",
+            parameters={"type": "object", "additionalProperties": _STRING},
+            synchronous=crd_object(
+                "dataDurability failoverQuorum maxStandbyNamesFromCluster method number"
+                " standbyNamesPost standbyNamesPre", ("method", "number"),
+                method={"enum": ["any", "first"]},
+                number={"type": "integer", "exclusiveMinimum": 0},  # CEL: self > 0
+                dataDurability={"enum": ["required", "preferred"]})),
+        bootstrap=crd_object(
+            "initdb pg_basebackup recovery",
+            initdb=crd_object(
+                "builtinLocale dataChecksums database encoding icuLocale icuRules import locale"
+                " localeCType localeCollate localeProvider options owner postInitApplicationSQL"
+                " postInitApplicationSQLRefs postInitSQL postInitSQLRefs postInitTemplateSQL"
+                " postInitTemplateSQLRefs secret walSegmentSize",
+                database=_STRING, owner=_STRING, dataChecksums=_BOOLEAN,
+                secret=crd_object("name", ("name",), name=_STRING))),
+        primaryUpdateStrategy={"enum": ["unsupervised", "supervised"]},
+        primaryUpdateMethod={"enum": ["switchover", "restart"]},
+        affinity=crd_object(
+            "additionalPodAffinity additionalPodAntiAffinity enablePodAntiAffinity nodeAffinity"
+            " nodeSelector podAntiAffinityType tolerations topologyKey",
+            enablePodAntiAffinity=_BOOLEAN, topologyKey=_STRING,
+            # a string in the CRD; its description allows these two
+            podAntiAffinityType={"enum": ["preferred", "required"]}),
+        storage=_VOLUME,
+        walStorage=_VOLUME,
+        resources=crd_object("claims limits requests", limits=_quantities(),
+                             requests=_quantities())))
+
+# apiVersion and kind of every object that is an operator's custom resource, and its schema.
+CUSTOM_KINDS: dict[tuple[str, str], dict[str, Any]] = {
+    ("postgresql.cnpg.io/v1", "Cluster"): CNPG_CLUSTER_V1,
+}
+
+
+def test_every_custom_resource_validates_against_its_operators_crd() -> None:
+    """The operator's kinds (not in the Kubernetes schemas): their fields against the CRD, their
+    metadata against Kubernetes' ObjectMeta, which every kind shares."""
+    import jsonschema
+    import kubernetes_validate
+
+    found = [(path, d) for path, d in k8s_documents()
+             if (d["apiVersion"], d["kind"]) in CUSTOM_KINDS]
+    assert found, "no custom resource: the database cluster is missing"
+    for path, document in found:
+        where = f"{path.relative_to(ROOT)} {document['kind']}"
+        schema = CUSTOM_KINDS[document["apiVersion"], document["kind"]]
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(document)]
+        assert not errors, f"{where}: {errors}"
+        carrier = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": document["metadata"]}
+        kubernetes_validate.validate(carrier, KUBERNETES_VERSION, strict=True)
+
+    cluster = k8s("Cluster", "jinsuan-db")
+    validator = jsonschema.Draft7Validator(CNPG_CLUSTER_V1)
+    for broken in ({**cluster, "spec": {**cluster["spec"], "instance": 3}},
+                   {**cluster, "spec": {**cluster["spec"], "postgresql": {
+                       "synchronous": {"method": "quorum", "number": 1}}}},
+                   {**cluster, "spec": {**cluster["spec"], "postgresql": {
+                       "synchronous": {"method": "any", "number": 0}}}}):
+        assert not validator.is_valid(broken), broken["spec"]
 
 
 def check_workload(document: dict[str, Any], where: str) -> None:
@@ -351,9 +470,23 @@ def test_platform_deployment() -> None:
     assert platform["command"][0] == "jinsuan"
     assert platform["command"][1:] == ["serve"]
     ports = {p["name"]: p["containerPort"] for p in platform["ports"]}
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in paths.items():
         get = platform[probe]["httpGet"]
-        assert get["path"] == "/healthz" and get["port"] in ports, probe
+        assert get["path"] == path and get["port"] in ports, probe
+    from prometheus_client import CollectorRegistry
+
+    from collectors.exposition import router
+
+    assert set(paths.values()) <= {r.path for r in router(CollectorRegistry()).routes}
+    # Readiness is judged before liveness gives up: a replica whose database is away is taken
+    # out of rotation and left running, not restarted.
+    ready, live = platform["readinessProbe"], platform["livenessProbe"]
+    assert (ready["periodSeconds"] * ready.get("failureThreshold", 3)
+            < live["periodSeconds"] * live.get("failureThreshold", 3))
+    for probe in paths:
+        timeout = platform[probe].get("timeoutSeconds", 1)
+        assert timeout < platform[probe].get("periodSeconds", 10), probe
     (database,) = [e for e in platform["env"] if e["name"] == "DATABASE_URL"]
     secret = database["valueFrom"]["secretKeyRef"]
     example = k8s("Secret", secret["name"])
@@ -369,6 +502,70 @@ def test_platform_deployment() -> None:
     assert service["spec"]["selector"].items() <= (
         deployment["spec"]["template"]["metadata"]["labels"].items())
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+
+
+def test_platform_migrates_once_before_it_serves_and_drains_before_it_stops() -> None:
+    from jinsuan.contract.leasewire import MAX_LEASE_WAIT_S
+
+    deployment = k8s("Deployment", "jinsuan-platform")
+    pod = deployment["spec"]["template"]["spec"]
+    platform = container(deployment, "platform")
+    (migrate,) = pod["initContainers"]
+    assert migrate["command"] == ["jinsuan", "migrate"]
+    assert migrate["image"] == platform["image"], "the schema of the version that serves"
+    # The same database and settings as the platform, by the same references.
+    assert migrate["env"] == [e for e in platform["env"] if e["name"] == "DATABASE_URL"]
+    assert migrate["envFrom"] == platform["envFrom"]
+    mounts = {m["mountPath"]: m["name"] for m in migrate["volumeMounts"]}
+    assert {m["mountPath"]: m["name"] for m in platform["volumeMounts"]}.items() >= mounts.items()
+    context = {**pod["securityContext"], **migrate["securityContext"]}
+    assert context["runAsNonRoot"] and context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    # Stopping: the preStop pause, then the longest request the platform holds (a lease long
+    # poll) with room to spare for the background jobs to stop.
+    (pause,) = [int(a) for a in platform["lifecycle"]["preStop"]["exec"]["command"][1:]]
+    assert platform["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= pause + MAX_LEASE_WAIT_S + 10
+    # A rolling update never takes the last ready replica away.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert k8s("PodDisruptionBudget", "jinsuan-platform")["spec"]["minAvailable"] >= 1
+
+
+def test_the_database_cluster_is_highly_available_and_the_platform_points_at_its_primary(
+) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    cluster = k8s("Cluster", "jinsuan-db")
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    synchronous = spec["postgresql"]["synchronous"]
+    assert synchronous["number"] >= 1 and synchronous["dataDurability"] == "required"
+    assert synchronous["number"] < spec["instances"], "more standbys than the cluster has"
+    assert spec["affinity"]["enablePodAntiAffinity"] is True
+    database = yaml.safe_load((KUBERNETES / "database" / "kustomization.yaml").read_text())
+    platform = yaml.safe_load((KUBERNETES / "platform" / "kustomization.yaml").read_text())
+    assert database["namespace"] == platform["namespace"]
+    namespace = database["namespace"]
+    # DATABASE_URL goes to the read-write service the operator keeps on the primary, as the
+    # owner the cluster is bootstrapped with, verifying the server against the cluster's CA.
+    url = urlsplit(k8s("Secret", "jinsuan-database")["stringData"]["url"])
+    assert url.hostname == f"{cluster['metadata']['name']}-rw.{namespace}.svc"
+    initdb = spec["bootstrap"]["initdb"]
+    assert url.path == f"/{initdb['database']}"
+    owner = k8s("Secret", initdb["secret"]["name"])
+    assert owner["type"] == "kubernetes.io/basic-auth"
+    assert owner["stringData"]["username"] == initdb["owner"] == url.username
+    assert owner["stringData"]["password"] == url.password
+    query = parse_qs(url.query)
+    assert query["sslmode"] == ["verify-full"]
+    deployment = k8s("Deployment", "jinsuan-platform")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (ca_mount,) = [m for m in container(deployment, "platform")["volumeMounts"]
+                   if query["sslrootcert"][0].startswith(m["mountPath"] + "/")]
+    ca = volumes[ca_mount["name"]]["secret"]
+    assert ca["secretName"] == f"{cluster['metadata']['name']}-ca"  # the operator's CA secret
+    # Only the certificate: the operator keeps the CA's private key in the same secret.
+    assert ca["items"] == [{"key": "ca.crt", "path": Path(query["sslrootcert"][0]).name}]
 
 
 def agent_config(workload: dict[str, Any], tmp_path: Path) -> Any:
@@ -424,6 +621,146 @@ def test_enrolment_script_is_valid_shell_with_its_variables_set(tmp_path: Path) 
         (enrol,) = workload["spec"]["template"]["spec"]["initContainers"][-1:]
         env = {e["name"] for e in enrol["env"]}
         assert set(re.findall(r"\$\{?(\w+)", script)) <= env | {"token_file"}
+
+
+# --- the probes and `jinsuan migrate`, against a real database --------------------------------
+
+@pytest.fixture
+def platform_client(settings: Any, db: Any) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from jinsuan.app import create_app
+    from jinsuan.kernel.platform import Platform
+
+    with TestClient(create_app(Platform(settings=settings, db=db))) as client:
+        yield client
+
+
+def test_ready_only_while_every_migration_of_this_version_is_applied(
+        platform_client: Any, db: Any, conn: Any) -> None:
+    from jinsuan.kernel.store.migrate import available
+    from jinsuan.kernel.store.readiness import label
+
+    assert platform_client.get("/readyz").json() == {"status": "ready"}
+    known = available(db.flavour)
+    gone = [known[1], known[-1]]  # one from the middle of the history and the newest
+    conn.execute("DELETE FROM schema_migrations WHERE version = ANY(%s)",
+                 ([step.version for step in gone],))
+    answer = platform_client.get("/readyz")
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "unavailable"
+    named = set(re.findall(r"\d{4}_[a-z0-9_.]+", error["reason"]))
+    assert named == {label(step) for step in gone}, error["reason"]
+    assert "jinsuan migrate" in error["reason"]
+    assert int(answer.headers["Retry-After"]) > 0
+    # Liveness is the process alone: a replica waiting for its schema is not restarted.
+    assert platform_client.get("/healthz").status_code == 200
+    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s), (%s, %s)",
+                 (gone[0].version, gone[0].name, gone[1].version, gone[1].name))
+    assert platform_client.get("/readyz").status_code == 200
+
+
+def test_not_ready_while_the_store_does_not_answer_and_ready_again_after(
+        platform_client: Any, settings: Any, pg_admin_url: str) -> None:
+    import psycopg
+
+    name = psycopg.conninfo.conninfo_to_dict(settings.database_url)["dbname"]
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        # The database goes away as in a failover: every connection cut, no new one taken.
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            reasons = []
+            for _ in range(3):  # the pool's cut connections first, then none to be had
+                answer = platform_client.get("/readyz")
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "unavailable"
+                reasons.append(answer.json()["error"]["reason"])
+            assert "the store does not answer" in reasons, reasons
+            assert platform_client.get("/healthz").status_code == 200
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + 60
+    while (answer := platform_client.get("/readyz")).status_code != 200:
+        assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A database that was never migrated, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"jinsuan_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(pg_admin_url)
+        yield psycopg.conninfo.make_conninfo(**{**info, "dbname": name})
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def jinsuan_migrate(url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "jinsuan.cli", "migrate"],
+                            env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_migrates_at_once_apply_each_migration_once(empty_database_url: str) -> None:
+    """Two replicas' init containers starting together on a new database, for real: both are
+    made to wait on the migration lock at the same moment, then let go."""
+    import psycopg
+
+    from jinsuan.kernel.store.migrate import MIGRATION_LOCK, applied_flavour, available
+    from jinsuan.kernel.store.readiness import label, missing_migrations
+
+    with psycopg.connect(empty_database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        runs = [jinsuan_migrate(empty_database_url) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 60
+            while holder.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    "                 WHERE datname = current_database())").fetchone()[0] < 2:
+                assert all(run.poll() is None for run in runs), "a migrate ended early"
+                assert time.monotonic() < deadline, "both never waited on the lock"
+                time.sleep(0.05)
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        outputs = [run.communicate(timeout=120) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, out + err
+    applied = [line.removeprefix("applied ") for out, _ in outputs for line in out.splitlines()
+               if line.startswith("applied ")]
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT version, name FROM schema_migrations"
+                            " ORDER BY version").fetchall()
+        flavour = applied_flavour([name for _, name in rows])
+        assert missing_migrations(conn, flavour) == []
+    known = [label(step) for step in available(flavour)]
+    assert [f"{version:04d}_{name}" for version, name in rows] == known
+    assert sorted(applied) == known, "each migration applied by exactly one of the two"
+    summaries = sorted(out.splitlines()[-1].split(":")[0] for out, _ in outputs)
+    assert summaries == ["nothing to apply", "schema complete"]
+
+
+def test_migrate_says_what_failed_and_never_the_password() -> None:
+    from servers import free_port
+
+    password = "Sup3r-Secret-pw"
+    for url, code in ((f"postgresql://jinsuan:{password}@127.0.0.1:{free_port()}/jinsuan", 1),
+                      (f"host=127.0.0.1 password={password} dbname", 2)):
+        run = jinsuan_migrate(url)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == code, out + err
+        assert err.startswith("jinsuan migrate: ") and password not in out + err
 
 
 # --- compose ---------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ import typer
 from jinsuan.cli.admin import agents_app, keys_app, sites_app
 from jinsuan.cli.agent import agent_app
 from jinsuan.cli.evidence import evidence_app
+from jinsuan.cli.federation import federation_app
 from jinsuan.cli.job import job_app
 from jinsuan.cli.ledger import ledger_app
 from jinsuan.cli.report import report
 from jinsuan.cli.rewards import rewards_app
-from jinsuan.cli.server import demo, serve
+from jinsuan.cli.server import demo, migrate, serve
 from jinsuan.cli.voucher import voucher_app
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(demo)
+app.command()(migrate)
 app.command()(report)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sites_app, name="sites")
@@ -36,6 +38,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(rewards_app, name="rewards")
 app.add_typer(voucher_app, name="voucher")
+app.add_typer(federation_app, name="federation")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -272,92 +272,107 @@ def _table(platform: Platform, started: float, interval: float) -> Table:
 
 
 def run_demo(*, port: int, interval: float, refresh: float, jobs_every: float,
-             stop: threading.Event, history_days: float = 0) -> None:
-    from agents.config import load_config
-    from agents.daemon import running_agent
-    from jinsuan.serve import make_server
+             stop: threading.Event | None = None, history_days: float = 0) -> None:
+    """Run the demo until ``stop`` is set or a KeyboardInterrupt arrives, start-up included,
+    then stop what it started in reverse order: dispatcher, agents, platform, database.
 
+    A KeyboardInterrupt is Ctrl-C, and under ``jinsuan.serve.stopped_by_signals`` (as ``jinsuan
+    demo`` runs it) also SIGTERM and SIGHUP.
+    """
     settings = Settings()
     host = settings.host
     if not _port_free(host, port):
         chosen = _free_port(host)
         console.print(f"port {port} is taken; using {chosen}")
         port = chosen
-    demo_dir = settings.data_dir / "demo"
-    demo_dir.mkdir(parents=True, exist_ok=True)
     where = ("DATABASE_URL" if settings.database_url
              else f"the embedded PostgreSQL in {settings.data_dir}")
     console.print(f"starting the platform on {where} …")
     with ExitStack() as stack:
-        db = Database.open(settings)
-        stack.callback(db.close)
-        platform = Platform(settings, db)
-        server = make_server(platform, host, port)
-        thread = threading.Thread(target=server.run, name="platform-http", daemon=True)
-        thread.start()
-
-        def stop_server() -> None:
-            server.should_exit = True
-            thread.join(timeout=30)
-
-        stack.callback(stop_server)
-        while not server.started:
-            if not thread.is_alive():
-                raise SystemExit(f"the platform could not listen on {host}:{port}")
-            time.sleep(0.05)
-        base = f"http://{host}:{port}"
-
-        client = stack.enter_context(httpx.Client(base_url=base, timeout=30))
-        with db.pool.connection() as conn:
-            bureau_key = _demo_key(conn, demo_dir, "bureau", Role.BUREAU)
-            admin_key = _demo_key(conn, demo_dir, "admin", Role.ADMIN)
-            dispatcher_keys = {kind.tenant: _demo_key(conn, demo_dir, f"dispatcher-{kind.tenant}",
-                                                      Role.DISPATCHER, tenant=kind.tenant)
-                               for kind in MIX}
-            configs = []
-            ensured = []
-            for seed, site in enumerate(SITES, start=1):
-                site_id = _ensure_site(conn, site)
-                ensured.append((site, seed, site_id))
-                _register_for_jobs(client, admin_key, site_id, site, seed)
-                state_dir = demo_dir / "agents" / site.name
-                config_path = demo_dir / "agents" / f"{site.name}.toml"
-                config_path.parent.mkdir(parents=True, exist_ok=True)
-                config_path.write_text(_agent_toml(site, seed, base, state_dir, interval))
-                _ensure_enrolled(conn, site_id, state_dir, base)
-                configs.append(load_config(config_path))
-            voucher, voucher_line = _voucher_story(conn, demo_dir, bureau_key, dispatcher_keys)
-        if history_days > 0:
-            _send_history(db, settings, client, ensured, history_days)
-        for config in configs:
-            stack.enter_context(running_agent(config))
-        dispatcher = SimulatedDispatcher(
-            base, dispatcher_keys, every_s=jobs_every,
-            vouchers={voucher_story.TENANT: voucher} if voucher else None)
-        dispatcher.start()
-        stack.callback(dispatcher.stop)
-
-        console.print(Text.assemble(
-            ("API         ", "bold"), base, "\n",
-            ("API docs    ", "bold"), f"{base}/docs", "\n",
-            ("jobs        ", "bold"), f"a simulated dispatcher submits one every {jobs_every:g} s; "
-            f"try jinsuan job list --url {base} --key $(cat {demo_dir}/keys/dispatcher-llm-lab)\n",
-            ("voucher     ", "bold"), f"{voucher_line}; {voucher_story.TENANT}'s jobs draw on it"
-            f" as they end: jinsuan voucher show {voucher} --url {base} --key $(cat"
-            f" {demo_dir}/keys/dispatcher-llm-lab)\n" if voucher else voucher_line + "\n",
-            ("metrics     ", "bold"), f"{base}/metrics", "\n",
-            ("bureau key  ", "bold"), bureau_key, "\n",
-            ("data        ", "bold"), str(settings.data_dir), "  (kept for the next run)\n",
-            ("try         ", "bold"),
-            f"curl -H 'Authorization: Bearer {bureau_key}' {base}/v1/sites\n",
-            "Ctrl-C stops everything.",
-        ))
-        started = time.monotonic()
-        with suppress(KeyboardInterrupt), Live(_table(platform, started, interval),
-                                               console=console, refresh_per_second=1,
-                                               transient=False) as live:
-            while not stop.wait(refresh):
-                live.update(Group(_table(platform, started, interval)))
+        try:
+            platform = _start(stack, settings, host, port, interval=interval,
+                              jobs_every=jobs_every, history_days=history_days)
+            _show(platform, interval=interval, refresh=refresh, stop=stop or threading.Event())
+        except KeyboardInterrupt:
+            pass  # a stop asked for: the stack stops everything, in order, as it closes
         console.print("\nstopping: agents, then the platform, then the database … "
                       "(job processes already started keep running; the next demo's "
                       "agents re-attach to them and report how they ended)")
+
+
+def _start(stack: ExitStack, settings: Settings, host: str, port: int, *, interval: float,
+           jobs_every: float, history_days: float) -> Platform:
+    """Start the platform, its sites' agents and the dispatcher, each stopped by ``stack``."""
+    from agents.config import load_config
+    from agents.daemon import running_agent
+    from jinsuan.serve import make_server, serving, signals_held
+
+    demo_dir = settings.data_dir / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    with signals_held():  # the embedded database starts whole, and is stopped with the stack
+        db = Database.open(settings)
+        stack.callback(db.close)
+    platform = Platform(settings, db)
+    stack.enter_context(serving(make_server(platform, host, port)))
+    base = f"http://{host}:{port}"
+
+    client = stack.enter_context(httpx.Client(base_url=base, timeout=30))
+    with db.pool.connection() as conn:
+        bureau_key = _demo_key(conn, demo_dir, "bureau", Role.BUREAU)
+        admin_key = _demo_key(conn, demo_dir, "admin", Role.ADMIN)
+        dispatcher_keys = {kind.tenant: _demo_key(conn, demo_dir, f"dispatcher-{kind.tenant}",
+                                                  Role.DISPATCHER, tenant=kind.tenant)
+                           for kind in MIX}
+        configs = []
+        ensured = []
+        for seed, site in enumerate(SITES, start=1):
+            site_id = _ensure_site(conn, site)
+            ensured.append((site, seed, site_id))
+            _register_for_jobs(client, admin_key, site_id, site, seed)
+            state_dir = demo_dir / "agents" / site.name
+            config_path = demo_dir / "agents" / f"{site.name}.toml"
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(_agent_toml(site, seed, base, state_dir, interval))
+            _ensure_enrolled(conn, site_id, state_dir, base)
+            configs.append(load_config(config_path))
+        voucher, voucher_line = _voucher_story(conn, demo_dir, bureau_key, dispatcher_keys)
+    if history_days > 0:
+        _send_history(db, settings, client, ensured, history_days)
+    for config in configs:
+        stack.enter_context(running_agent(config))
+    dispatcher = SimulatedDispatcher(
+        base, dispatcher_keys, every_s=jobs_every,
+        vouchers={voucher_story.TENANT: voucher} if voucher else None)
+    dispatcher.start()
+    stack.callback(dispatcher.stop)
+
+    console.print(Text.assemble(
+        ("API         ", "bold"), base, "\n",
+        ("API docs    ", "bold"), f"{base}/docs", "\n",
+        ("jobs        ", "bold"), f"a simulated dispatcher submits one every {jobs_every:g} s; "
+        f"try jinsuan job list --url {base} --key $(cat {demo_dir}/keys/dispatcher-llm-lab)\n",
+        ("voucher     ", "bold"), f"{voucher_line}; {voucher_story.TENANT}'s jobs draw on it"
+        f" as they end: jinsuan voucher show {voucher} --url {base} --key $(cat"
+        f" {demo_dir}/keys/dispatcher-llm-lab)\n" if voucher else voucher_line + "\n",
+        ("metrics     ", "bold"), f"{base}/metrics", "\n",
+        ("bureau key  ", "bold"), bureau_key, "\n",
+        ("data        ", "bold"), str(settings.data_dir), "  (kept for the next run)\n",
+        ("try         ", "bold"),
+        f"curl -H 'Authorization: Bearer {bureau_key}' {base}/v1/sites\n",
+        "Ctrl-C stops everything.",
+    ))
+    return platform
+
+
+def _show(platform: Platform, *, interval: float, refresh: float,
+          stop: threading.Event) -> None:
+    """The sites' table, refreshed every ``refresh`` seconds until ``stop`` is set (or a stop
+    signal comes: ``jinsuan.serve.check_stop``)."""
+    from jinsuan.serve import check_stop
+
+    started = time.monotonic()
+    with Live(_table(platform, started, interval), console=console, refresh_per_second=1,
+              transient=False) as live:
+        while not stop.wait(refresh):
+            check_stop()
+            live.update(Group(_table(platform, started, interval)))

@@ -36,23 +36,28 @@ class Database:
         url = settings.database_url
         if not url:
             url, server = embedded.start(settings.data_dir)
-        session_url = settings.direct_database_url or url
-        with psycopg.connect(session_url, autocommit=True) as conn:
-            flavour = upgrade(conn, want_timescale=settings.use_timescale,
-                              want_citus=settings.use_citus)
-        pool = ConnectionPool(
-            url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            kwargs={"autocommit": True, **_statements(settings)},
-            # psycopg_pool retries a lost connection 1, 2, 4, 8 ... s apart until this runs out;
-            # then the next request starts again, so a promoted standby is found within a second
-            # or so, not at the next doubling (docs/ha.md).
-            reconnect_timeout=settings.pool_reconnect_s,
-            open=True,
-            name="jinsuan",
-        )
-        pool.wait(timeout=30)
+        try:
+            session_url = settings.direct_database_url or url
+            with psycopg.connect(session_url, autocommit=True) as conn:
+                flavour = upgrade(conn, want_timescale=settings.use_timescale,
+                                  want_citus=settings.use_citus)
+            pool = ConnectionPool(
+                url,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                kwargs={"autocommit": True, **_statements(settings)},
+                # psycopg_pool retries a lost connection 1, 2, 4, 8 ... s apart until this runs
+                # out; then the next request starts again, so a promoted standby is found within
+                # a second or so, not at the next doubling (docs/ha.md).
+                reconnect_timeout=settings.pool_reconnect_s,
+                open=True,
+                name="jinsuan",
+            )
+            pool.wait(timeout=30)
+        except BaseException:  # the embedded server started here is stopped here
+            if server is not None:
+                server.cleanup()
+            raise
         return cls(session_url, pool, flavour, partitions_for(flavour), server)
 
     @property
