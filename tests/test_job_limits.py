@@ -21,6 +21,7 @@ from jinsuan.contract.policytime import SHANGHAI, month_bounds
 from jinsuan.contract.signing import new_private_key, public_key_b64
 from jinsuan.kernel.errors import Invalid
 from scheduler.feasibility import Obstacle
+from scheduler.jobs import new_job_id
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.spec import JobSpec
 from scheduler.submits import Receipt, SubmitWriter
@@ -201,7 +202,7 @@ def test_a_refused_job_in_a_group_fails_alone(platform, province, conn) -> None:
         futures = [loop.create_future() for _ in specs]
         writer = SubmitWriter(platform.db.pool, on_written=lambda: None)
         now = datetime.now(UTC)
-        writer._write([(spec, "t1", now, future)
+        writer._write([(spec, "t1", now, future, new_job_id())
                        for spec, future in zip(specs, futures, strict=True)])
         answers = loop.run_until_complete(asyncio.gather(*futures, return_exceptions=True))
     finally:
