@@ -23,7 +23,9 @@ PG_BIN=/usr/lib/postgresql/15/bin
 
 fail() { echo "FAIL: $*"; exit "${2:-1}"; }
 
-as_postgres() { su postgres -s /bin/bash -c "$1"; }
+# From a directory that lasts: a server started from a checkout that is later removed cannot
+# start again ("could not identify current directory").
+as_postgres() { (cd / && su postgres -s /bin/bash -c "$1"); }
 
 install() {
     local need=()

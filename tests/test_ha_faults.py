@@ -637,6 +637,14 @@ def ha_pair():
     start_pair()  # a killed node rejoins as a standby for the next module
 
 
+@pytest.fixture(autouse=True)
+def whole_pair(ha_pair):
+    """Each fault starts from a whole pair: a leader and a streaming synchronous standby (a node
+    an earlier test killed or restarted may still be rejoining)."""
+    if not pair_healthy():
+        start_pair()
+
+
 # --- the counts ---------------------------------------------------------------------------------
 
 

@@ -88,11 +88,19 @@ def healthy() -> bool:
 def restart_leader(timeout_s: float = 90) -> str:
     """Restart the leader's PostgreSQL with ``POST /restart`` on its Patroni; return its name.
 
-    Patroni answers once the server is back up (or says why not)."""
+    Patroni answers once the server is back up, or with 503 "still starting" when that takes
+    longer than its own wait (the restart is then under way: wait for the pair to be whole);
+    any other answer is a refusal."""
     (leading,) = [m for m in members() if m["role"] == "leader"]
     api = leading["api_url"].removesuffix("/patroni")
     reply = httpx.post(f"{api}/restart", json={}, timeout=timeout_s)
-    if reply.status_code != 200:
+    if reply.status_code == 503 and "still starting" in reply.text:
+        deadline = time.monotonic() + timeout_s
+        while not healthy():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{leading['name']} did not come back within {timeout_s} s")
+            time.sleep(0.2)
+    elif reply.status_code != 200:
         pytest.fail(f"Patroni refused to restart {leading['name']}: {reply.status_code}"
                     f" {reply.text}")
     return leading["name"]
