@@ -17,7 +17,6 @@ own, so one conflict fails one request, as it would have alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -32,6 +31,7 @@ from jinsuan.kernel.agentauth import SignedBy
 from scheduler import metrics
 from scheduler.config import SchedulerConfig
 from scheduler.leases import lease_placed_runs
+from scheduler.submits import answer_from_thread
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class LeaseDesk:
                 answers = _lease_group(conn, [woken for woken, _ in group], self.cfg)
         except Exception as exc:
             if len(group) == 1:
-                _settle(group[0][1], exc)
+                answer_from_thread(group[0][1], exc)
                 return later
             log.warning("leasing for %d woken requests failed (%s); answering each on its"
                         " own", len(group), exc)
@@ -135,7 +135,7 @@ class LeaseDesk:
                 self._answer_group([item])
             return later
         for (_, future), leases in zip(group, answers, strict=True):
-            _settle(future, leases)
+            answer_from_thread(future, leases)
         return later
 
 
@@ -171,15 +171,3 @@ def _lease_group(conn: psycopg.Connection, group: list[Woken], cfg: SchedulerCon
     metrics.LEASES.inc(len(leases))
     return answers
 
-
-def _settle(future: asyncio.Future[list[Lease]], result: list[Lease] | BaseException) -> None:
-    def settle() -> None:
-        if future.done():  # the caller went away
-            return
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # its event loop closed: nobody is waiting
-        future.get_loop().call_soon_threadsafe(settle)

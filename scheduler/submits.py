@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from psycopg_pool import ConnectionPool
 
@@ -35,6 +36,8 @@ from scheduler.jobs import new_job_id, submit_jobs
 from scheduler.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class SubmitWriter:
                 ids = submit_jobs(conn, jobs, [item[4] for item, _ in kept]) if jobs else []
         except Exception as exc:
             if len(group) == 1:
-                _answer(group[0][3], exc)
+                answer_from_thread(group[0][3], exc)
                 return
             log.warning("a group of %d submits failed (%s); writing each on its own",
                         len(group), exc)
@@ -126,9 +129,9 @@ class SubmitWriter:
             return
         for (*_, future, _), found in zip(group, assessed, strict=True):
             if isinstance(found, Invalid):
-                _answer(future, found)
+                answer_from_thread(future, found)
         for ((*_, future, _), found), job_id in zip(kept, ids, strict=True):
-            _answer(future, Receipt(job_id, found.warnings))
+            answer_from_thread(future, Receipt(job_id, found.warnings))
         if kept:
             self.on_written()
 
@@ -140,7 +143,10 @@ def _assess(spec: JobSpec, registry: dict[str, RegisteredSite]) -> Feasibility |
         return refused
 
 
-def _answer(future: asyncio.Future[Receipt], result: Receipt | BaseException) -> None:
+def answer_from_thread(future: asyncio.Future[T], result: T | BaseException) -> None:
+    """Settle ``future`` from a writer thread, on its own event loop; nothing when its caller
+    went away or its loop closed. (The submit writer's, and the lease desk's.)"""
+
     def settle() -> None:
         if future.done():  # the caller went away
             return
