@@ -34,6 +34,7 @@
     python bench/scheduler.py [--jobs 50000] [--sites 200] [--tenants 20] [--rate 500]
                               [--seconds 10] [--wait-s 10] [--poll-s 0] [--skip-placement]
                               [--skip-latency] [--skip-failover] [--failover-ttl S]
+                              [--processes 1,2]
 
 PostgreSQL: $JINSUAN_BENCH_PG (an admin URL) or 127.0.0.1:5432; databases are created for the
 run and dropped after it.
@@ -714,10 +715,14 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-placement", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--processes", default="1,2",
+                        help="Platform process counts to run, comma-separated; the first is the"
+                             " baseline the others are compared with.")
     parser.add_argument("--failover-ttl", type=float, default=None,
                         help="The platform's lease TTL in the failover part (default: the"
                              " scheduler's own default).")
     args = parser.parse_args()
+    counts = [int(n) for n in args.processes.split(",")]
 
     if not args.skip_placement:
         p = bench_placements(args)
@@ -751,10 +756,8 @@ def main() -> None:
     print(f"latency: agents long-polling up to {args.wait_s} s (asking at most every"
           f" {args.poll_s} s), cycle every {args.cycle_s} s or on submit (gap"
           f" {args.cycle_gap_s} s)")
-    at_rate = {}
-    for processes in (1, 2):
-        at_rate[processes] = run = bench_latency(args, processes, args.rate, args.seconds,
-                                                 args.per_pool)
+    for processes in counts:
+        run = bench_latency(args, processes, args.rate, args.seconds, args.per_pool)
         _print_run(f"{processes} platform process{'es' if processes > 1 else ''}", run,
                    args.rate)
         print(f"  ratio, submits/s achieved against the platform / against the trivial"
@@ -763,20 +766,22 @@ def main() -> None:
           f" pools of {args.capacity_per_pool} (room for about"
           f" {args.sites * 2 * args.capacity_per_pool:,} accelerators: they fill up)")
     capacity = {}
-    for processes in (1, 2):
+    for processes in counts:
         capacity[processes] = run = bench_latency(
             argparse.Namespace(**{**vars(args), "threads": args.capacity_threads}), processes,
             args.capacity_rate, args.capacity_seconds, args.capacity_per_pool)
         _print_run(f"{processes} platform process{'es' if processes > 1 else ''}", run,
                    args.capacity_rate)
-    print(f"  ratio, submits/s taken by two processes / by one:"
-          f" {capacity[2]['achieved'] / capacity[1]['achieved']:.2f}"
-          f" (on {os.cpu_count()} cores shared with PostgreSQL and the clients)")
-    one, two = capacity[1], capacity[2]
-    print(f"  platform CPU per submit, two processes / one:"
-          f" {two['platform_ms'] / one['platform_ms']:.2f} (1 means it scales with the cores"
-          f" given to platform processes until PostgreSQL, at {two['database_ms']:.2f} ms a"
-          f" submit, is the limit)")
+    base = counts[0]
+    for processes in counts[1:]:
+        many, one = capacity[processes], capacity[base]
+        print(f"  ratio, submits/s taken by {processes} processes / by {base}:"
+              f" {many['achieved'] / one['achieved']:.2f} (on {os.cpu_count()} cores shared"
+              f" with PostgreSQL and the clients)")
+        print(f"  platform CPU per submit, {processes} processes / {base}:"
+              f" {many['platform_ms'] / one['platform_ms']:.2f} (1 means it scales with the"
+              f" cores given to platform processes until PostgreSQL, at"
+              f" {many['database_ms']:.2f} ms a submit, is the limit)")
 
 
 def _print_run(label: str, run: dict[str, float], asked: float) -> None:
