@@ -145,6 +145,26 @@ def test_fake_mig_handles_answer_only_mig_queries():
 # ----- the probe ---------------------------------------------------------------------------------
 
 
+def test_memory_used_is_what_processes_allocated_not_the_drivers_reserve():
+    """nvidia-smi's ``memory.used`` leaves out what the driver sets aside; NVML's v1 query counts
+    it (an idle H200 read 0.6 GiB used by v1, 0 MiB by nvidia-smi). Older drivers have only v1:
+    the probe asks v2 once, then v1."""
+    new_driver = FakeGpu(memory_used=0)
+    old_driver = FakeGpu(uuid="GPU-22222222-2222-3333-4444-555555555555",
+                         bus_id="00000000:3B:00.0", memory_used=0, memory_info_v2=False)
+    fake = FakeNvml([new_driver, old_driver])
+    probe = NvmlProbe(NvmlConfig(), nvml=fake)
+    for _ in range(2):
+        reading = probe.read(NOW)
+        assert reading.errors == []
+        assert values(reading, new_driver.uuid)["accelerator_memory_used_bytes"] == 0
+        assert (values(reading, old_driver.uuid)["accelerator_memory_used_bytes"]
+                == old_driver.memory_reserved)
+    old_handle = fake.nvmlDeviceGetHandleByIndex(1)
+    asked_v2 = [args for name, args in fake.calls
+                if name == "nvmlDeviceGetMemoryInfo" and args == (old_handle, pynvml.nvmlMemory_v2)]
+    assert len(asked_v2) == 1
+
 def test_values_are_converted_to_base_units():
     gpus = two_gpus()
     probe = NvmlProbe(NvmlConfig(rack="R01"), nvml=FakeNvml(gpus))

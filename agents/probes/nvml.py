@@ -122,6 +122,7 @@ class _Gpu:
     sm_count: int | None = None
     sm_clock_max_mhz: float | None = None
     memory_total_bytes: int | None = None  # last value read, for the inventory
+    memory_v2: bool = True  # the driver answers nvmlDeviceGetMemoryInfo_v2
     event_set: Any = None
     ecc_last: int | None = None
     xid_events: int = 0
@@ -303,7 +304,7 @@ class NvmlProbe:
         util = self._optional("nvmlDeviceGetUtilizationRates", h)
         if util is not None:
             s.utilization_gpu, s.utilization_memory = util.gpu / 100, util.memory / 100
-        memory = self._optional("nvmlDeviceGetMemoryInfo", h)
+        memory = self._memory(gpu)
         if memory is not None:
             s.memory_used_bytes, s.memory_total_bytes = int(memory.used), int(memory.total)
             gpu.memory_total_bytes = s.memory_total_bytes
@@ -382,6 +383,22 @@ class NvmlProbe:
             return getattr(self._nvml, function)(*args)
         except self._nvml.NVMLError as err:
             raise _CallFailed(f"{function}: {err}") from err
+
+    def _memory(self, gpu: _Gpu) -> Any:
+        """Memory as nvidia-smi shows it: NVML's v2 query, whose ``used`` is what processes
+        allocated; v1's also counts what the driver sets aside (0.6 GiB on an H200), which would
+        make an idle GPU look in use. Drivers without v2 are asked v1 from then on."""
+        nv = self._nvml
+        if gpu.memory_v2:
+            try:
+                return nv.nvmlDeviceGetMemoryInfo(gpu.handle, nv.nvmlMemory_v2)
+            except (nv.NVMLError_FunctionNotFound, nv.NVMLError_ArgumentVersionMismatch):
+                gpu.memory_v2 = False
+            except nv.NVMLError_NotSupported:
+                return None
+            except nv.NVMLError as err:
+                raise _CallFailed(f"nvmlDeviceGetMemoryInfo_v2: {err}") from err
+        return self._optional("nvmlDeviceGetMemoryInfo", gpu.handle)
 
     def _optional(self, function: str, *args: Any) -> Any:
         """Call NVML; None when the GPU or driver does not support the query."""

@@ -288,7 +288,8 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("NVIDIA H800 SXM5 80GB", "NVIDIA", 989.4, 80,
           "NVIDIA H800 Tensor Core GPU datasheet (China market), "
           "https://www.nvidia.cn/data-center/h800/, specifications table: H800 SXM FP16 Tensor "
-          "Core 1,979 teraFLOPS with sparsity, halved (H100 SXM compute; NVLink 400 GB/s)",
+          "Core 1,979 teraFLOPS with sparsity, halved (H100 SXM compute; NVLink 400 GB/s); "
+          f"dense 989.4 per {_HOPPER_WHITEPAPER}, table 'NVIDIA H100 SXM5'",
           "NVIDIA H800", "H800 SXM5", "H800 SXM"),
     _spec("NVIDIA H800 PCIe 80GB", "NVIDIA", 756.5, 80,
           "Lenovo Press product guide 'ThinkSystem NVIDIA H800 PCIe Gen5 GPU' (LP1814), "
@@ -299,7 +300,9 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("NVIDIA H200 SXM 141GB", "NVIDIA", 989.4, 141,
           "NVIDIA H200 Tensor Core GPU datasheet, https://nvdam.widen.net/s/nb5zzzsjdf/"
           "hpc-datasheet-sc23-h200-datasheet-3002446, specifications table: H200 SXM FP16 "
-          "Tensor Core 1,979 TFLOPS with sparsity, halved",
+          "Tensor Core 1,979 TFLOPS with sparsity, halved; dense 989.4 per "
+          f"{_HOPPER_WHITEPAPER}, table 'NVIDIA H100 SXM5' (the same 132 SMs, read on an H200 "
+          "in docs/hardware-validation.md)",
           "NVIDIA H200", "H200 SXM", "H200 SXM5"),
     _spec("NVIDIA H200 NVL 141GB", "NVIDIA", 835.5, 141,
           "NVIDIA H200 Tensor Core GPU datasheet, https://nvdam.widen.net/s/nb5zzzsjdf/"

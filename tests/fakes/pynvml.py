@@ -57,7 +57,11 @@ class FakeGpu:
     util_gpu_percent: int = 50
     util_memory_percent: int = 30
     memory_total: int = 80 * 2**30
-    memory_used: int = 10 * 2**30
+    memory_used: int = 10 * 2**30  # allocated, as nvidia-smi shows it
+    # Set aside by the driver and firmware: NVML's v1 memory query counts it as used, v2 reports
+    # it apart (an H200 read here: v1 0.6 GiB used while nvidia-smi showed 0 MiB).
+    memory_reserved: int = 600 * 2**20
+    memory_info_v2: bool = True  # False: a driver older than nvmlDeviceGetMemoryInfo_v2
     temperature_c: int = 45
     # by NVML clock type: graphics, SM, memory, video
     clocks_mhz: dict[int, int] = field(default_factory=lambda: {0: 1755, 1: 1755, 2: 2619, 3: 1545})
@@ -276,14 +280,20 @@ class FakeNvml:
         gpu, mig = self._resolve(handle, "nvmlDeviceGetMemoryInfo")
         total = gpu.memory_total if mig is None else mig.memory_mb * 2**20
         used = gpu.memory_used if mig is None else 0
+        reserved = gpu.memory_reserved if mig is None else 0
         if not version:
             memory = _real.c_nvmlMemory_t()
-        elif version == _real.nvmlMemory_v2:
-            memory = _real.c_nvmlMemory_v2_t()
-            memory.version = version
-        else:
+            memory.total, memory.used = total, used + reserved
+            memory.free = total - memory.used
+            return memory
+        if not gpu.memory_info_v2:
+            raise _error(_real.NVML_ERROR_FUNCTION_NOT_FOUND)
+        if version != _real.nvmlMemory_v2:
             raise _error(_real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
-        memory.total, memory.used, memory.free = total, used, total - used
+        memory = _real.c_nvmlMemory_v2_t()
+        memory.version = version
+        memory.total, memory.reserved, memory.used = total, reserved, used
+        memory.free = total - reserved - used
         return memory
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
@@ -416,5 +426,5 @@ class FakeNvml:
 
 
 for _name in dir(_real):
-    if _name.startswith(("NVML_", "NVMLError", "nvmlEventType")):
+    if _name.startswith(("NVML_", "NVMLError", "nvmlEventType")) or _name == "nvmlMemory_v2":
         setattr(FakeNvml, _name, getattr(_real, _name))
