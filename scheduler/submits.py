@@ -33,7 +33,7 @@ from scheduler.feasibility import (
     check_submit,
 )
 from scheduler.jobs import new_job_id, submit_jobs
-from scheduler.spec import JobSpec
+from scheduler.spec import Constraints, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class SubmitWriter:
                 pinned = {spec.constraints.site for spec, *_ in group
                           if spec.constraints.site is not None}
                 registry = self._registry.get(conn, pinned)
-                assessed = [_assess(spec, registry) for spec, *_ in group]
+                found: dict[tuple[Constraints, int], Feasibility] = {}
+                assessed = [_assess(spec, registry, found) for spec, *_ in group]
                 kept = [(item, found) for item, found in zip(group, assessed, strict=True)
                         if isinstance(found, Feasibility)]
                 jobs = [(spec, tenant, at) for (spec, tenant, at, *_), _ in kept]
@@ -136,11 +137,19 @@ class SubmitWriter:
             self.on_written()
 
 
-def _assess(spec: JobSpec, registry: dict[str, RegisteredSite]) -> Feasibility | Invalid:
-    try:
-        return check_submit(spec, registry)
-    except Invalid as refused:
-        return refused
+def _assess(spec: JobSpec, registry: dict[str, RegisteredSite],
+            found: dict[tuple[Constraints, int], Feasibility]) -> Feasibility | Invalid:
+    """``check_submit``, once per constraints and size in a group: jobs submitted together
+    mostly come from a few templates, and each assessment walks every registered pool. (A
+    refusal is not kept: each refused submit gets an exception of its own.)"""
+    key = (spec.constraints, spec.accelerators)
+    feasibility = found.get(key)
+    if feasibility is None:
+        try:
+            feasibility = found[key] = check_submit(spec, registry)
+        except Invalid as refused:
+            return refused
+    return feasibility
 
 
 def answer_from_thread(future: asyncio.Future[T], result: T | BaseException) -> None:
