@@ -15,6 +15,7 @@ from jinsuan.cli.job import job_app
 from jinsuan.contract.leasewire import LeaseRequest, RunEvent
 from jinsuan.kernel.agentauth import SignedBy
 from jinsuan.kernel.auth import Role, create_key
+from jinsuan.kernel.errors import Conflict
 from jinsuan.kernel.platform import Platform
 from scheduler.config import SchedulerConfig
 from scheduler.cycle import run_cycle
@@ -116,3 +117,24 @@ def test_show_prints_an_ended_runs_output_to_its_tenant_and_what_can_never_be(
     assert "no registered site can ever take it" in waiting.output
     assert "no registered site has an accelerator of model H800" in waiting.output
     assert "why not placed yet" in waiting.output
+
+
+def test_show_prints_the_platforms_words_as_they_are(served, conn, db):
+    """What the platform says is shown as it says it, never read as markup: the executor
+    mismatch names the config key to fix in brackets (markup dropped it), and a closing tag in
+    such text ended the command."""
+    now = datetime.now(UTC)
+    site_id, agent_id = seed_site(conn, db.partitions, name="taiyuan-1", city="Taiyuan",
+                                  now=now, pools=[PoolSpec("H100", 8, Decimal("10.00"))],
+                                  executor="slurm")
+    reinstalled = LeaseRequest(agent_id=agent_id, sent_at=now, executor="process", free_slots=1)
+    with pytest.raises(Conflict):
+        handle_lease(conn, SignedBy(agent_id, site_id), reinstalled, SchedulerConfig(), now)
+    job_id = submit_job(conn, JobSpec(project="llm", payload={"command": ["true"]},
+                                      constraints={"site": "taiyuan-1"}), "t1", now)
+    env = {"JINSUAN_URL": served, "COLUMNS": "400",
+           "JINSUAN_API_KEY": create_key(conn, Role.DISPATCHER, tenant="t1")}
+    shown = CliRunner().invoke(job_app, ["show", job_id], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert ("its lease requests are refused until the agent's [executor] kind and the site's"
+            " registration agree") in shown.output

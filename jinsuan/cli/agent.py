@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from jinsuan.cli.client import console
 
 if TYPE_CHECKING:
     from agents.config import AgentConfig
 
 agent_app = typer.Typer(help="The site agent: enrol it, check its sources, run it.",
                         no_args_is_help=True)
-console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML file.",
                                             exists=False, dir_okay=False)]
@@ -28,7 +29,7 @@ def _load(path: Path):  # -> agents.config.AgentConfig
     try:
         return load_config(path)
     except ConfigError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
+        console.print(Text.assemble(("config error", "red"), f"\n{exc}"))
         raise typer.Exit(code=2) from None
 
 
@@ -49,11 +50,11 @@ def enrol(
         identity = enrol_agent(loaded.agent.state_dir, platform or loaded.agent.platform_url,
                                token, force=force)
     except IdentityError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(Text.assemble(("error:", "red"), f" {exc}"))
         raise typer.Exit(code=1) from None
     e = identity.enrolment
-    console.print(f"enrolled as [bold]{e.agent_id}[/bold] for site {e.site_name!r} "
-                  f"(id {e.site_id}) at {e.platform_url}")
+    console.print(Text.assemble("enrolled as ", (e.agent_id, "bold"), f" for site"
+                                f" {e.site_name!r} (id {e.site_id}) at {e.platform_url}"))
 
 
 @agent_app.command("check")
@@ -67,8 +68,8 @@ def check(config: ConfigOption) -> None:
     for column in ("source", "reads from", "status", "time", "what it read", "problems"):
         table.add_column(column, overflow="fold")
     for r in results:
-        status = ("[dim]disabled[/dim]" if not r.enabled
-                  else "[green]ok[/green]" if r.ok else "[red]failed[/red]")
+        status = (Text("disabled", "dim") if not r.enabled
+                  else Text("ok", "green") if r.ok else Text("failed", "red"))
         read = []
         if r.accelerators:
             models = sorted({a.model for a in r.accelerators})
@@ -81,7 +82,7 @@ def check(config: ConfigOption) -> None:
         read += [f"{p.device} {p.metric} = {p.value:g}" for p in r.points[:6]]
         if len(r.points) > 6:
             read.append(f"… {len(r.points) - 6} more values")
-        table.add_row(f"{r.probe}\n[dim]{r.key}[/dim]", r.source, status,
+        table.add_row(Text.assemble(f"{r.probe}\n", (r.key, "dim")), r.source, status,
                       f"{r.duration_s * 1000:.0f} ms", "\n".join(read), "\n".join(r.errors))
     console.print(table)
     _print_spool(loaded)
@@ -102,8 +103,9 @@ def _print_spool(config: AgentConfig) -> None:
                   f" {summary.rejected} rejected by the platform")
     for at, old, new, batches in summary.renumberings:
         when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
-        console.print(f"[yellow]seq conflict[/yellow] at {when}: the platform already held seq"
-                      f" {old} with another body; {batches} batch(es) renumbered from {new}")
+        console.print(Text.assemble(("seq conflict", "yellow"), f" at {when}: the platform"
+                                    f" already held seq {old} with another body; {batches}"
+                                    f" batch(es) renumbered from {new}"))
 
 
 @agent_app.command("run")
@@ -120,5 +122,5 @@ def run(
     try:
         run_agent(_load(config))
     except (IdentityError, StartupError) as exc:
-        console.print(f"[red]cannot start:[/red] {exc}")
+        console.print(Text.assemble(("cannot start:", "red"), f" {exc}"))
         raise typer.Exit(code=1) from None

@@ -8,18 +8,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     import httpx
 
-console = Console(soft_wrap=True)  # a path or id in a message is never broken across lines
+# Soft wrap: a path or id in a message is never broken across lines. No markup: what the
+# platform or a config says (names, reasons, errors) is shown as it is, where markup lost the
+# key in "the agent's [executor] kind" and ended the command at a "[/x]"; styles are Text's.
+console = Console(soft_wrap=True, markup=False)
 
 Url = Annotated[str, typer.Option("--url", envvar="JINSUAN_URL", help="The platform's URL.")]
 Key = Annotated[str, typer.Option("--key", envvar="JINSUAN_API_KEY", help="Your API key.")]
 
 
 def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(Text.assemble(("error:", "red"), f" {message}"))
     return typer.Exit(code=2)
 
 

@@ -52,7 +52,7 @@ def verify(
             raise fail(exc.reason) from None
         verdict = check(conn, settings, found.id, begin, until)  # type: ignore[arg-type]
     for problem in verdict.problems:
-        console.print(problem, style="red", markup=False, highlight=False)
+        console.print(problem, style="red", highlight=False)
     notes = []
     if verdict.past_retention:
         notes.append(f"{_many(verdict.past_retention, 'hour')} not checked: their raw samples"
@@ -65,7 +65,7 @@ def verify(
         f" verified, {_many(verdict.samples, 'sample')} compared with what was signed"
         + "".join(f"; {n}" for n in notes) + ": "
         + (f"FAILED, {_many(len(verdict.problems), 'problem')}" if verdict.problems else "OK"),
-        markup=False, highlight=False)
+        highlight=False)
     if verdict.problems:
         raise typer.Exit(code=1)
 

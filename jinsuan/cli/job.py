@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from jinsuan.cli.client import Key, Url, call, console, fail
 
@@ -129,14 +130,15 @@ def list_(url: Url, key: Key,
 
 
 def render(job: dict[str, Any]) -> None:
-    console.print(f"[bold]{job['id']}[/bold]  {job['tenant']}/{job['project']}  "
-                  f"[bold]{job['state']}[/bold] since {job['state_changed_at']}  "
-                  f"tries {job['tries']}")
+    console.print(Text.assemble((job["id"], "bold"), f"  {job['tenant']}/{job['project']}  ",
+                                (job["state"], "bold"), f" since {job['state_changed_at']}  "
+                                f"tries {job['tries']}"))
     runs = job["runs"]
     if runs and job["state"] in ("placed", "leased", "running"):
         run = runs[-1]
-        console.print(f"runs at [bold]{run['site']}[/bold] on {run['accelerators']} × "
-                      f"{run['model']} (run {run['id']}, lease until {run['lease_expires_at']})")
+        console.print(Text.assemble("runs at ", (run["site"], "bold"),
+                                    f" on {run['accelerators']} × {run['model']} (run"
+                                    f" {run['id']}, lease until {run['lease_expires_at']})"))
     if job.get("end_reason"):
         console.print(f"ended: {job['end_reason']}")
     if runs:
@@ -148,8 +150,8 @@ def render(job: dict[str, Any]) -> None:
         console.print(table)
     for run in runs:
         if run["log_tail"]:  # the job's own tenant reads it; others are shown "(withheld)"
-            console.print(f"[bold]output[/bold] of attempt {run['attempt']} at {run['site']}"
-                          f" ({run['id']}), its last lines:")
+            console.print(Text.assemble(("output", "bold"), f" of attempt {run['attempt']} at"
+                                        f" {run['site']} ({run['id']}), its last lines:"))
             console.out(run["log_tail"].rstrip("\n"), highlight=False)
     if job.get("permanent"):
         table = Table("constraint", "why", title="no registered site can ever take it")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from jinsuan.cli.admin import connection
 from jinsuan.cli.client import console
@@ -40,10 +41,10 @@ def verify(public_key: Annotated[Path | None, typer.Option(
         head = conn.execute("SELECT seq FROM ledger_head").fetchone()[0]  # type: ignore[index]
         signed = conn.execute("SELECT max(seq) FROM ledger_checkpoints").fetchone()[0]  # type: ignore[index]
     for problem in problems:
-        console.print(f"[red]{problem}[/red]")
-    console.print(f"{head} entries; the latest checkpoint covers"
-                  f" {'none' if signed is None else f'entry {signed}'}:"
-                  + (" [red]FAILED[/red]" if problems else " OK"))
+        console.print(str(problem), style="red")
+    console.print(Text.assemble(f"{head} entries; the latest checkpoint covers"
+                                f" {'none' if signed is None else f'entry {signed}'}:",
+                                (" FAILED", "red") if problems else " OK"))
     if problems:
         raise typer.Exit(code=1)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from jinsuan.cli.client import Key, Url, call, call_bytes, console
 
@@ -20,9 +21,8 @@ rewards_app = typer.Typer(help="Rewards: assess a year, list awards, explain, ap
 Year = Annotated[int, typer.Option(help="The Asia/Shanghai policy year.")]
 
 
-def _mark(source: str) -> str:
-    return {"assumption": "[yellow]assumption[/yellow]", "declared": "[cyan]declared[/cyan]"
-            }.get(source, source)
+def _mark(source: str) -> Text:
+    return Text(source, {"assumption": "yellow", "declared": "cyan"}.get(source, ""))
 
 
 @rewards_app.command("assess")
@@ -68,7 +68,7 @@ def explain(url: Url, key: Key, year: Year,
                  params={"year": year, "enterprise": enterprise, "measure": measure,
                          "hours": hours})
     head = found["assessment"]
-    console.print(f"[bold]{found['measure']['title']}[/bold], {enterprise}, {year}")
+    console.print(Text.assemble((found["measure"]["title"], "bold"), f", {enterprise}, {year}"))
     console.print(f"assessment {head['id']} of {head['created_at']}: inputs sha256"
                   f" {head['inputs_sha256']}, policy {head['policy']} (sha256"
                   f" {head['policy_sha256']}), code {head['code_version']}")
@@ -81,8 +81,9 @@ def explain(url: Url, key: Key, year: Year,
     console.print(parameters)
     for award in found["awards"]:
         centre = f" — data centre {award['data_centre']}" if award["data_centre"] else ""
-        console.print(f"\n[bold]award {award['id']}{centre}: {award['amount']} yuan"
-                      f" ({award['state']})[/bold]: {'; '.join(award['reasons'])}")
+        console.print(Text.assemble((f"\naward {award['id']}{centre}: {award['amount']} yuan"
+                                     f" ({award['state']})", "bold"),
+                                    f": {'; '.join(award['reasons'])}"))
         figures = Table("figure", "value", "source", "how")
         for f in award["figures"]:
             figures.add_row(f["name"], f["value"], _mark(f["source"]), f["detail"])

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from jinsuan.cli.client import Key, Url, call, call_bytes, console, fail
 from jinsuan.cli.rewards import Format
@@ -97,10 +98,11 @@ def list_(url: Url, key: Key) -> None:
 def show(url: Url, key: Key, voucher: Annotated[int, typer.Argument()]) -> None:
     """A voucher's statement: issued, every draw with its job and usage record, balance."""
     v = call("GET", url, key, f"/v1/vouchers/{voucher}")
-    console.print(f"[bold]voucher {v['id']}[/bold] of {v['applicant']} at {v['provider']}"
-                  f" (contract {v['contract_id']}, rate {v['rate']}): {v['face_value']} issued,"
-                  f" {v['drawn']} drawn, [bold]{v['balance']}[/bold] left; {v['state']},"
-                  f" valid {v['valid_from']} .. {v['valid_until']}")
+    console.print(Text.assemble(
+        (f"voucher {v['id']}", "bold"), f" of {v['applicant']} at {v['provider']}"
+        f" (contract {v['contract_id']}, rate {v['rate']}): {v['face_value']} issued,"
+        f" {v['drawn']} drawn, ", (str(v["balance"]), "bold"), f" left; {v['state']},"
+        f" valid {v['valid_from']} .. {v['valid_until']}"))
     _draws(v["draws"])
 
 
@@ -137,8 +139,8 @@ def statement(url: Url, key: Key,
         raise fail("an applicant's statement is a file: give --format and --out")
     s = call("GET", url, key, "/v1/vouchers/statements/provider",
              params={"enterprise": provider, "day": day})
-    console.print(f"[bold]{provider}[/bold], {s['period'][0]} .. {s['period'][1]}:"
-                  f" {s['total']} drawn, {s['unsettled']} not yet settled")
+    console.print(Text.assemble((provider, "bold"), f", {s['period'][0]} .. {s['period'][1]}:"
+                                f" {s['total']} drawn, {s['unsettled']} not yet settled"))
     _draws(s["draws"])
 
 
