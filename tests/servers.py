@@ -1,14 +1,18 @@
-"""Real servers on free loopback ports for a test: the platform (any ASGI app), Prometheus."""
+"""Real servers on free loopback ports for a test: the platform (any ASGI app, or ``jinsuan
+serve`` as a process of its own), Prometheus."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +108,62 @@ def _scraped(url: str, targets: int, times: int) -> bool:
         return False
     result = response.json()["data"]["result"]
     return len(result) == targets and all(float(r["value"][1]) >= times for r in result)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Served:
+    """A ``jinsuan serve`` process: its URL, and its output (stdout and stderr) in ``log``."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def jinsuan_serve(database_url: str, work: Path, **environment: str) -> Iterator[Served]:
+    """Run ``jinsuan serve`` on ``database_url`` as the platform runs in production, with its
+    background jobs (the placement cycle, the lease sweep); yield once it answers ``/healthz``;
+    stop it on exit (SIGTERM, as a service manager does; SIGKILL if it has not ended in 30 s).
+
+    Its settings are the platform's defaults and the ``JINSUAN_*`` variables in
+    ``environment``: those inherited from the test's own environment are dropped, so a
+    scheduler setting exported in a shell cannot change what a test measures.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = work / f"serve-{port}.log"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("JINSUAN_")}
+    env.update(DATABASE_URL=database_url, JINSUAN_PORT=str(port),
+               JINSUAN_DATA_DIR=str(work / f"data-{port}"), **environment)
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "jinsuan.cli", "serve"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    served = Served(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(served.url):
+            tail = served.output()[-4000:]
+            assert process.poll() is None, f"jinsuan serve exited:\n{tail}"
+            assert time.monotonic() < deadline, f"jinsuan serve never answered:\n{tail}"
+            time.sleep(0.1)
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -13,9 +13,6 @@ the audit writer connect straight to PostgreSQL); the other tests prove it works
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +30,7 @@ import pytest
 from collectors_kit import bearer, enrol, make_org, steady_series
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
-from servers import free_port, serving
+from servers import Served, jinsuan_serve, serving
 
 from collectors.rollup import LOCK_KEY, floor_hour, run_rollups
 from jinsuan.app import create_app
@@ -57,7 +54,6 @@ from scheduler.wakeups import PlacementListener, SiteWakeups, notify_placed
 
 BOUNCER_PORT = 6432
 ADMIN_CONSOLE = f"host=127.0.0.1 port={BOUNCER_PORT} user=postgres dbname=pgbouncer"
-REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 60
 PREPARED = "prepared statement"  # the start of every error a missing or doubled one raises
 JOB = {"project": "llm", "tasks": 1, "accelerators_per_task": 1,
@@ -240,43 +236,12 @@ def _lease(url: str, agent_id: str, key: Ed25519PrivateKey, wait_s: float) -> ht
                                "Content-Type": "application/json"})
 
 
-@dataclass
-class Replica:
-    """A ``jinsuan serve`` process; its output goes to ``log``."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextmanager
-def replica(urls: Urls, work: Path, **environment: str) -> Iterator[Replica]:
+def replica(urls: Urls, work: Path, **environment: str) -> Iterator[Served]:
     """Run ``jinsuan serve`` against the pooler; yield once it answers; stop it on exit."""
-    port = free_port()
-    log = work / f"serve-{port}.log"
-    env = {**os.environ, **urls.environment(), "JINSUAN_PORT": str(port),
-           "JINSUAN_DATA_DIR": str(work / f"data-{port}"), **environment}
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "jinsuan.cli", "serve"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    served = Replica(f"http://127.0.0.1:{port}", process, log)
-
-    def answers() -> bool:
-        assert process.poll() is None, f"jinsuan serve exited:\n{served.output()}"
-        try:
-            return httpx.get(served.url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait_until(answers, "jinsuan serve to answer")
+    through_pooler = {**urls.environment(), **environment}
+    with jinsuan_serve(through_pooler.pop("DATABASE_URL"), work, **through_pooler) as served:
         yield served
-    finally:
-        process.terminate()
-        process.wait(WAIT_S)
 
 
 @pytest.mark.slow
