@@ -10,6 +10,13 @@ time is skipped. Everything a cycle places is committed in one transaction, or n
 Reservations are written with ``ON CONFLICT``, in key order: two cycles holding the same pool
 for a gang at once update one row, and neither loses its cycle to the pool's unique key.
 
+**Slots are not re-checked at commit.** Placement sends a site no more runs than its agents take
+(their free slots, ``scheduler.placement``), but the commit re-checks only accelerators. A run
+placed beyond the slots, by a lease request in flight while the cycle decided or by two cycles at
+once, costs no accelerator that is not there: it waits, placed, for the agent's next request, or
+its lease lapses and it is placed again. Re-checking would lock and re-read every agent's row in
+the cycle's commit, on the path lease requests take too, to spare that wait.
+
 **Lost runs say why.** A run whose lease lapsed is lost and its job re-queued with the reason
 the platform can see: the site's agent announcing another executor than the registered one, or
 when it last asked for work. A run lost without a single event from its site counts towards the

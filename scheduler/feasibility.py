@@ -1,9 +1,11 @@
 """Can any registered site ever run this job? Told at submit, and while the job waits.
 
 Placement (``scheduler.placement``) explains a waiting job against the sites as they are *now*:
-healthy devices, free capacity, fair share. A job no site can run as the sites are registered
-(a model nobody has, a gang bigger than any site's pool of one model, domestic accelerators or
-FP16 TFLOPS nobody offers) gets the same answers as one waiting for capacity, and waits forever.
+healthy devices, free capacity, fair share, agents with free slots (``no_capacity``,
+``over_share``, ``reserved``, ``no_slots``: temporary, so never named here). A job no site can
+run as the sites are registered (a model nobody has, a gang bigger than any site's pool of one
+model, domestic accelerators or FP16 TFLOPS nobody offers) gets the same answers as one waiting
+for capacity, and waits forever.
 This module reads what is registered instead: every site, every accelerator it has ever reported
 (healthy or not) and the prices set, and names the obstacles no registered site can lift.
 

@@ -143,7 +143,9 @@ def _lease_group(conn: psycopg.Connection, group: list[Woken], cfg: SchedulerCon
                  ) -> list[list[Lease]]:
     """Lease the placed runs of every site in ``group`` (one request per site) in one
     transaction: up to each request's free slots, only at sites whose registered executor is
-    the one the agent announced, only runs whose placement was still live when it arrived."""
+    the one the agent announced, only runs whose placement was still live when it arrived. Each
+    agent's recorded free slots shrink by the runs it is handed (``lease_placed_runs``), as
+    when its request is answered at once, so the next cycle sends its site no more."""
     now = datetime.now(UTC)
     with conn.pipeline(), conn.transaction():
         rows = conn.execute(

@@ -9,8 +9,10 @@ Time is the platform's: a request is judged as of when it *arrived* (``received_
 waited for a lease worker), so a held run whose lease was live then is renewed even if it lapsed
 while the request queued on a loaded platform, and a renewal lasts ``lease_ttl_s`` from that
 arrival: a site's leases never outlive its last request by more than the TTL, however long the
-platform took to answer it. Every request, a refused one too, leaves its arrival and the
-executor it announced in ``agent_leases``, which placement reads (``scheduler.snapshot``).
+platform took to answer it. Every request, a refused one too, leaves its arrival, the
+executor it announced and its free slots in ``agent_leases``, which placement reads
+(``scheduler.snapshot``); the slots shrink as runs are leased to the agent, and an older
+request answered after a newer one leaves the newer one's slots.
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ def handle_lease(conn: psycopg.Connection, agent: SignedBy, request: LeaseReques
     tokens = {h.run_id: h.fencing_token for h in request.held}
     with conn.pipeline(), conn.transaction():
         site = conn.execute(
-            "WITH seen AS (INSERT INTO agent_leases (agent_id, executor, last_lease_at)"
-            " VALUES (%s, %s, %s) ON CONFLICT (agent_id) DO UPDATE SET"
+            "WITH seen AS (INSERT INTO agent_leases (agent_id, executor, last_lease_at,"
+            " free_slots) VALUES (%s, %s, %s, %s) ON CONFLICT (agent_id) DO UPDATE SET"
             " executor = EXCLUDED.executor,"
-            " last_lease_at = greatest(agent_leases.last_lease_at, EXCLUDED.last_lease_at))"
+            " last_lease_at = greatest(agent_leases.last_lease_at, EXCLUDED.last_lease_at),"
+            " free_slots = CASE WHEN EXCLUDED.last_lease_at >= agent_leases.last_lease_at"
+            "  THEN EXCLUDED.free_slots ELSE agent_leases.free_slots END)"
             " SELECT executor FROM sites WHERE id = %s",
-            (agent.agent_id, request.executor, received_at, agent.site_id))
+            (agent.agent_id, request.executor, received_at, request.free_slots,
+             agent.site_id))
         held = conn.execute(
             "SELECT id, job_id, site_id, fencing_token, state, lease_expires_at FROM runs"
             " WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (sorted(tokens),)) if tokens else None
@@ -129,7 +134,12 @@ def lease_placed_runs(conn: psycopg.Connection, picked: list[tuple[SignedBy, tup
                       now: datetime, expires: datetime) -> list[Lease]:
     """Lease placed runs, each to its agent: ``picked`` pairs an agent with a run's row (id,
     job, fencing token, model, tasks, accelerators per task, payload, max run time, tenant,
-    project), locked by the caller. Three statements for any number of runs and agents."""
+    project), locked by the caller. Three statements for any number of runs and agents.
+
+    Each agent's recorded free slots (``agent_leases.free_slots``, from its latest request)
+    shrink by the runs leased to it, never below 0, so that placement, reading them before the
+    agent's next request, sends the site no more than its agents take (an unknown, NULL, stays
+    unknown)."""
     if not picked:
         return []
     run_ids = [row[0] for _, row in picked]
@@ -137,10 +147,14 @@ def lease_placed_runs(conn: psycopg.Connection, picked: list[tuple[SignedBy, tup
     agent_ids = [agent.agent_id for agent, _ in picked]
     transition(RunState.PLACED, RunState.LEASED)
     transition(JobState.PLACED, JobState.LEASED)
-    conn.execute(
-        "UPDATE runs r SET state = %s, leased_at = %s, lease_expires_at = %s,"
+    conn.execute(  # the agents' slots shrink in the runs' statement: three statements still
+        "WITH taken AS (UPDATE agent_leases l SET free_slots = greatest(l.free_slots - t.n, 0)"
+        "  FROM (SELECT agent_id, count(*)::int AS n FROM unnest(%s::text[]) AS a(agent_id)"
+        "   GROUP BY agent_id) t WHERE l.agent_id = t.agent_id AND l.free_slots IS NOT NULL)"
+        " UPDATE runs r SET state = %s, leased_at = %s, lease_expires_at = %s,"
         " agent_id = u.agent_id FROM unnest(%s::text[], %s::text[]) AS u(run_id, agent_id)"
-        " WHERE r.id = u.run_id", (RunState.LEASED, now, expires, run_ids, agent_ids))
+        " WHERE r.id = u.run_id",
+        (agent_ids, RunState.LEASED, now, expires, run_ids, agent_ids))
     moved = conn.execute(
         "UPDATE jobs SET state = %s, state_changed_at = %s WHERE id = ANY(%s) AND state = %s"
         " RETURNING id", (JobState.LEASED, now, job_ids, JobState.PLACED))

@@ -12,7 +12,14 @@ its executor can run the job (``leasewire.EXECUTOR_CAPABILITIES``: a gang, tasks
 executor that runs every task; a payload image, one that runs images); then per pool (the
 accelerators of one model at the site): model, vendor, domestic, FP16 TFLOPS, memory, a price is
 set, price within the job's maximum, the pool is big enough for the whole gang, enough of it is
-free now, it is not reserved for a waiting gang job.
+free now, it is not reserved for a waiting gang job; and the site's agents take another run.
+
+**A site gets no more runs than its agents take.** An agent runs at most ``max_runs`` at once and
+says in each lease request how many more it takes (``free_slots``). A run placed beyond them would
+sit placed until its lease lapsed and be placed again, so a site's slots (its agents' free slots
+less its runs placed and not yet leased, ``scheduler.snapshot``) count down by one per run placed
+there, a gang too (one run, one lease); at 0 the site takes nothing more this cycle. Slots are
+about runs, not accelerators: reservations ignore them.
 
 **Sites that lose runs are held back.** Telemetry says a site's devices are up; it does not say
 its executor runs anything. A site whose last ``backoff_after_lost`` runs in a row were lost
@@ -98,6 +105,15 @@ class SiteView:
     announced_executor: str | None = None
     silent_losses: int = 0  # its latest runs lost in a row without a single event from it
     last_loss_at: datetime | None = None
+    # How many more runs its leasing agents take (their free slots less its runs placed and not
+    # yet leased); None when unknown: no cap. place() counts it down as it places there.
+    slots: int | None = None
+    awaiting_lease: int = 0  # its runs placed, not yet leased
+
+    @property
+    def takes_runs(self) -> bool:
+        """Whether its agents take another run now (always, when their slots are unknown)."""
+        return self.slots is None or self.slots > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +248,8 @@ def _site_rejection(site: SiteView, job: QueuedJob, cfg: SchedulerConfig, now: d
 
 # Pool rules in filter order; explain() reports the rule reached by the pool that got furthest.
 _POOL_RULES = ("model", "vendor", "domestic", "fp16", "memory", "no_price", "over_price")
+# Then, for a pool that passes them all, what keeps the job out now (_capacity_verdict).
+_CAPACITY_RULES = ("too_small", "no_capacity", "over_share", "reserved", "no_slots")
 
 
 def _pool_rejection(pool: Pool, c: Constraints) -> tuple[str, str] | None:
@@ -366,7 +384,8 @@ _Key = tuple[str, frozenset[Capability]]
 
 
 def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
-    """Decide where queued jobs go. Mutates the snapshot's pools (``reserved`` grows)."""
+    """Decide where queued jobs go. Mutates the snapshot's pools (``reserved`` grows) and sites
+    (``slots`` shrink, ``awaiting_lease`` grows)."""
     now = snapshot.now
     shares = _Shares(snapshot.tenants, capacity_by_model(snapshot.sites), cfg.fair_window_h)
     queues: dict[str, list[QueuedJob]] = {}
@@ -403,7 +422,7 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
                 candidates[key] = _PoolQueue(every_pool[key], cfg.weights.load)
             failed_at = smallest_failure.get(key)
             if failed_at is not None and job.need >= failed_at:
-                chosen = None  # capacity only shrinks within a cycle: this cannot fit either
+                chosen = None  # capacity and slots only shrink in a cycle: this cannot fit
             else:
                 chosen, blocked_by_hold = candidates[key].choose(job, held, now)
                 if chosen is None and not blocked_by_hold:
@@ -416,6 +435,9 @@ def place(snapshot: Snapshot, cfg: SchedulerConfig) -> Decisions:
                     nothing_to_hold.add((key, job.need))
                 continue
             chosen.pool.reserved += job.need
+            chosen.site.awaiting_lease += 1
+            if chosen.site.slots is not None:
+                chosen.site.slots -= 1
             chosen.pool.releases.append(
                 (now + timedelta(seconds=job.max_runtime_s) if job.max_runtime_s else None,
                  job.need))
@@ -447,12 +469,14 @@ class _PoolQueue:
     A pool's score changes only when its free count does; an entry remembers the free count it
     was scored with and is re-scored when popped stale. Choosing pops entries until one fits the
     job (and is not held for another job, and is not a site the job failed at), then pushes the
-    others back: a job costs O(log pools) while the best pools have room.
+    others back: a job costs O(log pools) while the best pools have room. A pool whose site's
+    agents take no more runs is dropped for good: slots only shrink within a cycle.
     """
 
     def __init__(self, cands: list[_Candidate], load_weight: float) -> None:
         self._load = load_weight
-        self._heap = [self._entry(i, c) for i, c in enumerate(cands) if c.pool.free > 0]
+        self._heap = [self._entry(i, c) for i, c in enumerate(cands)
+                      if c.pool.free > 0 and c.site.takes_runs]
         heapq.heapify(self._heap)
 
     def _entry(self, order: int, cand: _Candidate) -> tuple[float, int, int, _Candidate]:
@@ -470,6 +494,8 @@ class _PoolQueue:
             entry = heapq.heappop(heap)
             _, order, free_then, cand = entry
             pool = cand.pool
+            if not cand.site.takes_runs:
+                continue
             if pool.free != free_then:
                 if pool.free > 0:
                     heapq.heappush(heap, self._entry(order, cand))
@@ -562,8 +588,7 @@ def _pool_verdict(job: QueuedJob, site: SiteView, snapshot: Snapshot, over_share
             rejected = _capacity_verdict(job, site, pool, snapshot, over_share)
             if rejected is None:
                 return None
-            rank = depth + ("too_small", "no_capacity", "over_share", "reserved").index(
-                rejected[0])
+            rank = depth + _CAPACITY_RULES.index(rejected[0])
         else:
             rank = _POOL_RULES.index(rejected[0])
         if furthest is None or rank > furthest[0]:
@@ -587,4 +612,8 @@ def _capacity_verdict(job: QueuedJob, site: SiteView, pool: Pool, snapshot: Snap
     hold = snapshot.reservations.get((site.id, pool.model))
     if hold is not None and hold.job_id != job.id and not _backfills(job, hold, snapshot.now):
         return "reserved", f"{pool.model} here is held for waiting gang job {hold.job_id}"
+    if not site.takes_runs:
+        return "no_slots", (f"its agents take no more runs now"
+                            f" ({(site.slots or 0) + site.awaiting_lease} free slots,"
+                            f" {site.awaiting_lease} runs placed awaiting lease)")
     return None

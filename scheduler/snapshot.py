@@ -10,6 +10,13 @@ does not make a site placeable, since an agent whose lease loop died, or whose e
 the one registered, still reports. Its PUE is the store's one definition over the last 24
 hours (migration 0013: the hours in which both IT and facility energy were measured), the figure
 the dashboards and ``/v1/pue/annual`` compute over theirs.
+
+A site's *slots*, how many more runs its agents take, are the free slots its leasing agents
+announced in their latest lease requests (less the runs leased to them since:
+``scheduler.leases``) minus its runs placed and not yet leased. They are read fresh every
+cycle, with the live runs, and not kept in the cached :class:`Inventory`: they change with
+every lease request. An agent that never said (a row from before they were recorded) leaves its
+site uncapped (``None``).
 """
 
 from __future__ import annotations
@@ -34,19 +41,24 @@ from scheduler.placement import (
 )
 from scheduler.spec import Constraints
 
-_SITES = """
+# An agent ``g`` of site ``s`` asks for work, by its latest lease request ``l``: not revoked,
+# asked within lease_stale_s, announcing the executor registered for the site.
+_LEASING = ("g.revoked_at IS NULL AND l.executor = s.executor"
+            " AND l.last_lease_at > %(lease_fresh)s")
+
+_SITES = f"""
 SELECT s.id, s.name, s.city, s.in_province, s.executor,
        coalesce(a.reported > %(fresh)s, false),
        (SELECT pue_ratio(sum(p.facility_kwh), sum(p.it_kwh)) FROM pue_site_hourly p
         WHERE p.site_id = s.id AND p.hour >= %(day_ago)s),
-       coalesce(a.leased > %(lease_fresh)s, false),
+       coalesce(a.leasing, false),
        CASE WHEN a.asked > %(lease_fresh)s AND a.announced IS DISTINCT FROM s.executor
             THEN a.announced END,
        coalesce(h.silent_losses, 0), h.last_loss_at
 FROM sites s
 LEFT JOIN LATERAL (
     SELECT max(g.last_report_at) AS reported,
-           max(l.last_lease_at) FILTER (WHERE l.executor = s.executor) AS leased,
+           bool_or({_LEASING}) AS leasing,
            max(l.last_lease_at) AS asked,
            (array_agg(l.executor ORDER BY l.last_lease_at DESC)
                 FILTER (WHERE l.agent_id IS NOT NULL))[1] AS announced
@@ -68,9 +80,19 @@ GROUP BY a.site_id, a.model
 
 _LIVE_RUNS = """
 SELECT r.site_id, r.model, r.accelerators,
-       coalesce(r.started_at, r.leased_at, r.placed_at) + make_interval(secs => j.max_runtime_s)
+       coalesce(r.started_at, r.leased_at, r.placed_at) + make_interval(secs => j.max_runtime_s),
+       r.state = 'placed'
 FROM runs r JOIN jobs j ON j.id = r.job_id
 WHERE r.state IN ('placed', 'leased', 'running')
+"""
+
+# The free slots of each site's leasing agents, NULL when one of them never said (a row from
+# before the slots were recorded): no cap. A site without a leasing agent has none.
+_SLOTS = f"""
+SELECT s.id, CASE WHEN bool_and(l.free_slots IS NOT NULL) THEN sum(l.free_slots) END
+FROM sites s JOIN agents g ON g.site_id = s.id JOIN agent_leases l ON l.agent_id = g.id
+WHERE {_LEASING}
+GROUP BY s.id
 """
 
 _QUEUE = """
@@ -122,7 +144,7 @@ def load_inventory(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime
 
 class InventoryCache:
     """Reuse the inventory for ``max_age_s``: it changes at the pace of agents' reports, while
-    triggered cycles can come many times a second. Live runs are always read fresh."""
+    triggered cycles can come many times a second. Live runs and slots are always read fresh."""
 
     def __init__(self, max_age_s: float) -> None:
         self.max_age_s = max_age_s
@@ -149,16 +171,24 @@ def load_sites(conn: psycopg.Connection, cfg: SchedulerConfig, now: datetime,
             continue
         info = ModelInfo(vendor, domestic, tflops, memory / 1e9 if memory else None)
         sites[site_id].pools[model] = Pool(model, info, count, 0, prices.get((site_id, model)))
-    for site_id, model, accelerators, ends in conn.execute(_LIVE_RUNS):
+    lease_fresh = now - timedelta(seconds=cfg.lease_stale_s)
+    free_slots = dict(conn.execute(_SLOTS, {"lease_fresh": lease_fresh}).fetchall())
+    for site in sites.values():
+        site.slots = free_slots.get(site.id, 0)  # None (no cap) when the query says so
+    for site_id, model, accelerators, ends, placed in conn.execute(_LIVE_RUNS):
         site = sites.get(site_id)
         if site is None:
             continue
+        site.awaiting_lease += placed
         pool = site.pools.get(model)
         if pool is None:  # the model's devices went away: keep the hold visible as a 0-size pool
             pool = site.pools[model] = Pool(model, ModelInfo("", False, None, None), 0, 0,
                                             prices.get((site_id, model)))
         pool.reserved += accelerators
         pool.releases.append((ends, accelerators))
+    for site in sites.values():
+        if site.slots is not None:
+            site.slots -= site.awaiting_lease
     return list(sites.values())
 
 
