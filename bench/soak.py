@@ -522,11 +522,10 @@ def check_jobs(checks: Checks, conn: psycopg.Connection, dispatcher: Dispatcher,
                  f" {lapsed} leased runs lost or failed"
                  + (f"; the agents were told {lost} lost, refused {refused}"
                     if lost or refused else ""))
-    # Not a failure: the placement counts accelerators, not the agent's free slots, so a run
-    # placed at a site whose agent holds max_runs waits unleased and lapses after the lease
-    # TTL; the job is placed again.
-    print(f"      ({unleased} runs lapsed unleased and were placed again:"
-          " placed where the agent had no free slot)", flush=True)
+    # Placement sends a site no more runs than its agents' free slots: none waits unleased at a
+    # full agent until its lease lapses.
+    checks.check(not unleased, f"runs that lapsed unleased (placed where no agent took them):"
+                               f" {unleased}")
 
 
 def check_voucher(checks: Checks, client: httpx.Client, conn: psycopg.Connection, keys: Keys,
