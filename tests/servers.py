@@ -154,6 +154,12 @@ def jinsuan_serve(database_url: str, work: Path, **environment: str) -> Iterator
             time.sleep(0.1)
         yield served
     finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a service manager stops it; SIGKILL if it is still there after 30 s."""
+    if process.poll() is None:
         process.terminate()
         try:
             process.wait(30)

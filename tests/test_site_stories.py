@@ -39,7 +39,7 @@ import httpx
 import psycopg
 import pytest
 from executor_kit import wait_for
-from servers import REPO, Served, jinsuan_serve
+from servers import REPO, Served, jinsuan_serve, stop_process
 
 from agents.executors.supervise import proc_start_ticks
 from jinsuan.contract.money import to_fen
@@ -189,19 +189,8 @@ def start(stack: ExitStack, argv: list[str], log: Path) -> subprocess.Popen[byte
     """Start a process writing to ``log``; it is stopped when ``stack`` closes."""
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    stack.callback(stop, process)
+    stack.callback(stop_process, process)
     return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as a service manager stops it; SIGKILL if it is still there after 30 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
 
 
 def run_agent(stack: ExitStack, site: Site) -> subprocess.Popen[bytes]:
