@@ -6,6 +6,7 @@ table, update the row only if it is still in the expected state, and keep the ti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from datetime import datetime
@@ -26,8 +27,25 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(8)
 
 
+def keyed_job_id(tenant: str, idempotency_key: str) -> str:
+    """The id of the job ``tenant`` submits under ``idempotency_key``: the same for every
+    resend, in every platform process, so the store's key on ids keeps it one job."""
+    digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
+    return "job_" + digest[:16]
+
+
+def stored_spec(spec: JobSpec, tenant: str) -> dict[str, Any]:
+    """The spec as a job row keeps it (``jobs.spec``): what a resend is compared with."""
+    return spec.model_copy(update={"tenant": tenant}).model_dump(mode="json")
+
+
 def new_run_id() -> str:
     return "run_" + secrets.token_hex(8)
+
+
+def stored_specs(conn: psycopg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The specs of the jobs stored under ``ids``, as :func:`stored_spec` gives them."""
+    return dict(conn.execute("SELECT id, spec FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
 
 
 def submit_job(conn: psycopg.Connection, spec: JobSpec, tenant: str, now: datetime) -> str:
@@ -44,13 +62,14 @@ def submit_jobs(conn: psycopg.Connection, jobs: list[tuple[JobSpec, str, datetim
     (``scheduler.submits``); the group travels as one JSON document, which costs far less to
     encode than a dozen array parameters.
 
-    Written again with the same ``ids`` (a group whose answer was lost: committed or not), it
-    stores only the jobs not stored yet: a job is never stored twice.
+    Written again with the same ``ids`` (a group whose answer was lost: committed or not, or a
+    dispatcher's resend under the same idempotency key, :func:`keyed_job_id`), it stores only
+    the jobs not stored yet: a job is never stored twice.
     """
     ids = ids or [new_job_id() for _ in jobs]
     rows = [
         {"id": job_id, "tenant": tenant, "project": spec.project, "name": spec.name,
-         "spec": spec.model_copy(update={"tenant": tenant}).model_dump(mode="json"),
+         "spec": stored_spec(spec, tenant),
          "constraints": spec.constraints_key(), "tasks": spec.tasks,
          "per_task": spec.accelerators_per_task, "priority": spec.priority,
          "max_runtime_s": spec.max_runtime_s, "retries": spec.retries, "at": at.isoformat()}

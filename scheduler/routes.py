@@ -11,7 +11,7 @@ from typing import Annotated
 import anyio
 import anyio.to_thread
 import psycopg
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -55,6 +55,7 @@ from scheduler.service import SchedulerService, service_for
 from scheduler.snapshot import load_queue, load_reservations, load_sites, load_tenants
 from scheduler.spec import Constraints, JobSpec
 from scheduler.states import JobState
+from scheduler.submits import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY
 from scheduler.usage_api import usage_router
 
 _SIGNED = "authenticated by the agent's Ed25519 signature over the body"
@@ -125,14 +126,26 @@ async def _body(request: Request, limit: int) -> bytes:
     return body
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+    pattern=r"^[\x21-\x7e]+$",
+    description="Names this submit: a resend under the same key is the same job, never a"
+                f" second (printable ASCII, no spaces, at most {MAX_IDEMPOTENCY_KEY} characters).")]
+
+
 def jobs_router(service: SchedulerService) -> APIRouter:
     api = APIRouter(tags=["jobs"])
 
-    @api.post("/v1/jobs", status_code=201, response_model=Accepted)
-    async def submit(spec: JobSpec, principal: Submitters) -> Response:
+    @api.post("/v1/jobs", status_code=201, response_model=Accepted,
+              responses={409: {"description": "the idempotency key named another job"}})
+    async def submit(spec: JobSpec, principal: Submitters,
+                     idempotency_key: IdempotencyKey = None) -> Response:
         """Queue a job; its id comes back at once and placement follows within a cycle. The
         answer's ``warnings`` name what no registered site offers it; a job pinned to a site
-        that is not registered is refused."""
+        that is not registered is refused. Sent again with the same ``Idempotency-Key`` (say,
+        after an answer lost to a timeout), the same job is answered and nothing new queued;
+        the key with a different job is refused (409). A key names one job of its tenant for
+        as long as the job is kept."""
         tenant = spec.tenant
         if principal.role is Role.DISPATCHER:
             if tenant is not None and tenant != principal.tenant:
@@ -141,7 +154,8 @@ def jobs_router(service: SchedulerService) -> APIRouter:
             tenant = principal.tenant
         if tenant is None:
             raise Invalid("the spec must name a tenant", field="tenant")
-        receipt = await service.submits.submit(spec, tenant, datetime.now(UTC))
+        receipt = await service.submits.submit(spec, tenant, datetime.now(UTC),
+                                               idempotency_key)
         return _json(Accepted(id=receipt.job_id, state=JobState.QUEUED,
                               warnings=receipt.warnings), status=201)
 

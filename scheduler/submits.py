@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from psycopg_pool import ConnectionPool
 
-from jinsuan.kernel.errors import Invalid
+from jinsuan.kernel.errors import Conflict, Invalid
 from scheduler.feasibility import (
     Feasibility,
     Obstacle,
@@ -32,12 +32,22 @@ from scheduler.feasibility import (
     RegistryCache,
     check_submit,
 )
-from scheduler.jobs import new_job_id, submit_jobs
+from scheduler.jobs import keyed_job_id, new_job_id, stored_spec, stored_specs, submit_jobs
 from scheduler.spec import Constraints, JobSpec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+# The header a dispatcher names a submit with, so that resending it after a lost answer never
+# queues the job twice (as Armada's client id and the IETF's Idempotency-Key draft do).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 128  # characters
+
+
+class KeyReused(Conflict):
+    code = "idempotency_key_reused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +58,10 @@ class Receipt:
     warnings: list[Obstacle]
 
 
-# spec, tenant, submitted at, the answer, and the job's id, chosen once: a group written again
-# after its answer was lost (committed or not) stores each job under the same id, once.
-_Item = tuple[JobSpec, str, datetime, asyncio.Future[Receipt], str]
+# spec, tenant, submitted at, the answer, the job's id, chosen once (a group written again after
+# its answer was lost, committed or not, stores each job under the same id, once), and whether
+# the id comes from the dispatcher's idempotency key (a resend may name a job stored before).
+_Item = tuple[JobSpec, str, datetime, asyncio.Future[Receipt], str, bool]
 
 
 class SubmitWriter:
@@ -64,11 +75,16 @@ class SubmitWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def submit(self, spec: JobSpec, tenant: str, at: datetime) -> Receipt:
-        """Queue the job (submitted ``at``); its receipt once it is committed."""
+    async def submit(self, spec: JobSpec, tenant: str, at: datetime,
+                     idempotency_key: str | None = None) -> Receipt:
+        """Queue the job (submitted ``at``); its receipt once it is committed. Under an
+        ``idempotency_key`` the tenant used before for the same job, the receipt names the job
+        stored then (nothing new is stored); for another job, :class:`KeyReused`."""
         self._ensure_started()
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._queue.put((spec, tenant, at, future, new_job_id()))
+        job_id = new_job_id() if idempotency_key is None else keyed_job_id(tenant,
+                                                                            idempotency_key)
+        self._queue.put((spec, tenant, at, future, job_id, idempotency_key is not None))
         return await future
 
     def stop(self) -> None:
@@ -119,6 +135,8 @@ class SubmitWriter:
                         if isinstance(found, Feasibility)]
                 jobs = [(spec, tenant, at) for (spec, tenant, at, *_), _ in kept]
                 ids = submit_jobs(conn, jobs, [item[4] for item, _ in kept]) if jobs else []
+                keyed = [item[4] for item, _ in kept if item[5]]
+                stored = stored_specs(conn, keyed) if keyed else {}
         except Exception as exc:
             if len(group) == 1:
                 answer_from_thread(group[0][3], exc)
@@ -128,11 +146,16 @@ class SubmitWriter:
             for item in group:
                 self._write([item])
             return
-        for (*_, future, _), found in zip(group, assessed, strict=True):
+        for (*_, future, _, _), found in zip(group, assessed, strict=True):
             if isinstance(found, Invalid):
                 answer_from_thread(future, found)
-        for ((*_, future, _), found), job_id in zip(kept, ids, strict=True):
-            answer_from_thread(future, Receipt(job_id, found.warnings))
+        for ((spec, tenant, _, future, _, keyed), found), job_id in zip(kept, ids, strict=True):
+            if keyed and stored.get(job_id) != stored_spec(spec, tenant):
+                answer_from_thread(future, KeyReused(
+                    f"this idempotency key was used for another job ({job_id}); a resend must"
+                    " carry the same job", field=IDEMPOTENCY_HEADER))
+            else:
+                answer_from_thread(future, Receipt(job_id, found.warnings))
         if kept:
             self.on_written()
 

@@ -202,7 +202,7 @@ def test_a_refused_job_in_a_group_fails_alone(platform, province, conn) -> None:
         futures = [loop.create_future() for _ in specs]
         writer = SubmitWriter(platform.db.pool, on_written=lambda: None)
         now = datetime.now(UTC)
-        writer._write([(spec, "t1", now, future, new_job_id())
+        writer._write([(spec, "t1", now, future, new_job_id(), False)
                        for spec, future in zip(specs, futures, strict=True)])
         answers = loop.run_until_complete(asyncio.gather(*futures, return_exceptions=True))
     finally:

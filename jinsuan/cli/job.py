@@ -89,6 +89,9 @@ def submit(
         help="A compute voucher of your applicant for the job's usage to draw on.")] = None,
     image: Annotated[str | None, typer.Option(help="Container image.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        help="Names this submit: run again with the same key (after a timeout, say), it prints"
+             " the job queued the first time and queues nothing.")] = None,
 ) -> None:
     """Submit a job and print its id."""
     environment = {}
@@ -107,7 +110,8 @@ def submit(
          "site": site, "max_price": str(Decimal(max_price)) if max_price else None},
         {"command": command or [], "image": image, "env": environment},
     )
-    made = call("POST", url, key, "/v1/jobs", json=spec)
+    made = call("POST", url, key, "/v1/jobs", json=spec,
+                headers={"Idempotency-Key": idempotency_key} if idempotency_key else None)
     for warning in made.get("warnings", []):
         typer.echo(f"warning: {warning['constraint']}: {warning['reason']}", err=True)
     typer.echo(made["id"])
