@@ -4,9 +4,10 @@ A placement cycle that places runs at a hundred sites wakes a hundred held lease
 (``scheduler.wakeups``) at once. Answered one by one, each would take a worker thread, a pooled
 connection and a transaction of its own, and the last site would wait for all the others: under
 load that queue, not the placement, was most of the time from submit to lease. So the woken
-requests go to one desk per platform process: a thread takes every request waiting, leases the
-placed runs of all their sites in one transaction (``lease_placed_runs``) and answers each. When
-requests come one at a time, each is answered at once.
+requests go to one desk per platform process (``scheduler.grouped``): a thread takes every
+request waiting, leases the placed runs of all their sites in one transaction
+(``lease_placed_runs``) and answers each. When requests come one at a time, each is answered at
+once.
 
 A woken request was verified, and its held runs renewed, when it arrived; what is left is the
 runs placed since, which is all the desk hands out. Should a group fail (a job taken meanwhile
@@ -16,10 +17,7 @@ own, so one conflict fails one request, as it would have alone.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,8 +28,8 @@ from jinsuan.contract.leasewire import ExecutorKind, Lease
 from jinsuan.kernel.agentauth import SignedBy
 from scheduler import metrics
 from scheduler.config import SchedulerConfig
+from scheduler.grouped import GroupWorker, Request, answer_from_thread
 from scheduler.leases import lease_placed_runs
-from scheduler.submits import answer_from_thread
 
 log = logging.getLogger(__name__)
 
@@ -46,77 +44,27 @@ class Woken:
     received_at: datetime
 
 
-_Item = tuple[Woken, asyncio.Future[list[Lease]]]
+_Woken = Request[Woken, list[Lease]]
 
 
-class LeaseDesk:
+class LeaseDesk(GroupWorker[Woken, list[Lease]]):
+    thread_name = "lease-desk"
+
     def __init__(self, pool: ConnectionPool, cfg: SchedulerConfig,
                  max_group: int = 500) -> None:
+        super().__init__(max_group)
         self.pool = pool
         self.cfg = cfg
-        self.max_group = max_group
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     async def lease(self, woken: Woken) -> list[Lease]:
         """The runs placed at the request's site, leased to its agent (none: nothing new)."""
-        self._ensure_started()
-        future: asyncio.Future[list[Lease]] = asyncio.get_running_loop().create_future()
-        self._queue.put((woken, future))
-        return await future
+        return await self._ask(woken)
 
-    def stop(self) -> None:
-        """Answer what is queued, then stop; a later request starts the desk again."""
-        with self._lock:
-            if self._thread is None:
-                return
-            self._queue.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lease-desk",
-                                                daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        held_over: list[_Item] = []
-        while True:
-            group, stopping = self._take(held_over)
-            if group:
-                held_over = self._answer_group(group)
-            if stopping:
-                for item in held_over:
-                    self._answer_group([item])
-                return
-
-    def _take(self, held_over: list[_Item]) -> tuple[list[_Item], bool]:
-        """The next group: what a previous group held over, then everything waiting, one
-        request per site (a site's second request goes in the next group, after the first's
-        runs are leased)."""
-        items = list(held_over)
-        if not items:
-            first = self._queue.get()
-            if first is None:
-                return [], True
-            items.append(first)
-        while len(items) < self.max_group:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return items, True
-            items.append(item)
-        return items, False
-
-    def _answer_group(self, items: list[_Item]) -> list[_Item]:
-        """Answer one request per site of ``items``; the others are held over."""
-        group: list[_Item] = []
-        later: list[_Item] = []
+    def _serve(self, items: list[_Woken]) -> list[_Woken]:
+        """Answer one request per site of ``items``; the others are held over (a site's second
+        request goes in the next group, after the first's runs are leased)."""
+        group: list[_Woken] = []
+        later: list[_Woken] = []
         sites: set[int] = set()
         for item in items:
             site_id = item[0].agent.site_id
@@ -132,7 +80,7 @@ class LeaseDesk:
             log.warning("leasing for %d woken requests failed (%s); answering each on its"
                         " own", len(group), exc)
             for item in group:
-                self._answer_group([item])
+                self._serve([item])
             return later
         for (_, future), leases in zip(group, answers, strict=True):
             answer_from_thread(future, leases)

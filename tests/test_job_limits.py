@@ -24,7 +24,7 @@ from scheduler.feasibility import Obstacle
 from scheduler.jobs import new_job_id
 from scheduler.seed import PoolSpec, seed_site
 from scheduler.spec import JobSpec
-from scheduler.submits import Receipt, SubmitWriter
+from scheduler.submits import Receipt, SubmitWriter, _Submit
 from tests.test_scheduler_api import (  # noqa: F401
     JOB,
     SiteAgent,
@@ -202,7 +202,7 @@ def test_a_refused_job_in_a_group_fails_alone(platform, province, conn) -> None:
         futures = [loop.create_future() for _ in specs]
         writer = SubmitWriter(platform.db.pool, on_written=lambda: None)
         now = datetime.now(UTC)
-        writer._write([(spec, "t1", now, future, new_job_id(), False)
+        writer._write([(_Submit(spec, "t1", now, new_job_id(), False), future)
                        for spec, future in zip(specs, futures, strict=True)])
         answers = loop.run_until_complete(asyncio.gather(*futures, return_exceptions=True))
     finally:
