@@ -16,7 +16,7 @@ from collectors_kit import bearer
 from servers import jinsuan_serve
 
 from jinsuan.kernel import ledger
-from tests.test_rewards_store import fleet  # noqa: F401
+from tests.test_rewards_store import assessed_award, fleet  # noqa: F401
 
 pytestmark = pytest.mark.slow
 AT_ONCE = 16
@@ -25,12 +25,7 @@ AT_ONCE = 16
 def test_an_award_is_approved_once_and_paid_once_by_two_processes_at_once(
         fleet, database_url: str, tmp_path: Path) -> None:  # noqa: F811
     client, conn, (maker, checker), _, first = fleet
-    client.post("/v1/rewards/assessments", json={"year": first.year, "measure": "5b"},
-                headers=bearer(maker))
-    award = next(a for a in client.get("/v1/rewards/awards", params={"year": first.year},
-                                       headers=bearer(maker)).json()
-                 if a["enterprise"] == "Alpha")
-    path = f"/v1/rewards/awards/{award['id']}"
+    award, path = assessed_award(client, maker, first.year)
     assert client.post(f"{path}/propose", headers=bearer(maker)).status_code == 200
 
     with jinsuan_serve(database_url, tmp_path / "one") as one, \

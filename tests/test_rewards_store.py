@@ -137,14 +137,19 @@ def test_5b_from_signed_reports_equals_the_hand_worked_figure(fleet) -> None:
     assert hidden.status_code == 404
 
 
-def test_maker_checker_payment_and_the_ledger(fleet, tmp_path: Path) -> None:
-    client, conn, (maker, checker), taiyuan, first = fleet
-    client.post("/v1/rewards/assessments", json={"year": first.year, "measure": "5b"},
+def assessed_award(client: TestClient, maker: str, year: int) -> tuple[dict, str]:
+    """Measure 5b assessed for ``year``: Alpha's award, and its path in the API."""
+    client.post("/v1/rewards/assessments", json={"year": year, "measure": "5b"},
                 headers=bearer(maker))
-    award = next(a for a in client.get("/v1/rewards/awards", params={"year": first.year},
+    award = next(a for a in client.get("/v1/rewards/awards", params={"year": year},
                                        headers=bearer(maker)).json()
                  if a["enterprise"] == "Alpha")
-    path = f"/v1/rewards/awards/{award['id']}"
+    return award, f"/v1/rewards/awards/{award['id']}"
+
+
+def test_maker_checker_payment_and_the_ledger(fleet, tmp_path: Path) -> None:
+    client, conn, (maker, checker), taiyuan, first = fleet
+    award, path = assessed_award(client, maker, first.year)
     assert client.post(f"{path}/approve", headers=bearer(maker)).status_code == 409
     assert client.post(f"{path}/propose", headers=bearer(taiyuan.operator_key)
                        ).status_code == 403
