@@ -43,9 +43,12 @@ def new_run_id() -> str:
     return "run_" + secrets.token_hex(8)
 
 
-def stored_specs(conn: psycopg.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The specs of the jobs stored under ``ids``, as :func:`stored_spec` gives them."""
-    return dict(conn.execute("SELECT id, spec FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall())
+def stored_specs(conn: psycopg.Connection, ids: list[str]
+                 ) -> dict[str, tuple[dict[str, Any], JobState]]:
+    """The specs (as :func:`stored_spec` gives them) and states of the jobs stored under
+    ``ids``."""
+    return {job_id: (spec, JobState(state)) for job_id, spec, state in conn.execute(
+        "SELECT id, spec, state FROM jobs WHERE id = ANY(%s)", (ids,))}
 
 
 def submit_job(conn: psycopg.Connection, spec: JobSpec, tenant: str, now: datetime) -> str:

@@ -156,7 +156,7 @@ def jobs_router(service: SchedulerService) -> APIRouter:
             raise Invalid("the spec must name a tenant", field="tenant")
         receipt = await service.submits.submit(spec, tenant, datetime.now(UTC),
                                                idempotency_key)
-        return _json(Accepted(id=receipt.job_id, state=JobState.QUEUED,
+        return _json(Accepted(id=receipt.job_id, state=receipt.state,
                               warnings=receipt.warnings), status=201)
 
     @api.get("/v1/jobs", response_model=list[JobSummary])

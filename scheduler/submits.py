@@ -31,6 +31,7 @@ from scheduler.feasibility import (
 from scheduler.grouped import GroupWorker, Request, answer_from_thread
 from scheduler.jobs import keyed_job_id, new_job_id, stored_spec, stored_specs, submit_jobs
 from scheduler.spec import Constraints, JobSpec
+from scheduler.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ class KeyReused(Conflict):
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A committed submit: the job's id, and the obstacles no registered site can lift."""
+    """A committed submit: the job's id, the obstacles no registered site can lift, and the
+    job's state (a resend under an idempotency key answers the job as it is now)."""
 
     job_id: str
     warnings: list[Obstacle]
+    state: JobState = JobState.QUEUED  # a resend's job may have moved on since
 
 
 class _Submit(NamedTuple):
@@ -113,12 +116,17 @@ class SubmitWriter(GroupWorker[_Submit, Receipt]):
             if isinstance(found, Invalid):
                 answer_from_thread(future, found)
         for ((job, future), found), job_id in zip(kept, ids, strict=True):
-            if job.keyed and stored.get(job_id) != stored_spec(job.spec, job.tenant):
+            if not job.keyed:
+                answer_from_thread(future, Receipt(job_id, found.warnings))
+                continue
+            submitted = stored_spec(job.spec, job.tenant)
+            spec, state = stored.get(job_id, (submitted, JobState.QUEUED))
+            if spec == submitted:
+                answer_from_thread(future, Receipt(job_id, found.warnings, state))
+            else:
                 answer_from_thread(future, KeyReused(
                     f"this idempotency key was used for another job ({job_id}); a resend must"
                     " carry the same job", field=IDEMPOTENCY_HEADER))
-            else:
-                answer_from_thread(future, Receipt(job_id, found.warnings))
         if kept:
             self.on_written()
 

@@ -34,6 +34,12 @@ def test_a_resend_is_answered_with_the_job_stored_the_first_time(client, world, 
     assert _jobs(conn, "t1") == [first.json()["id"]]
     assert conn.execute("SELECT count(*) FROM job_transitions WHERE job_id = %s",
                         (first.json()["id"],)).fetchone()[0] == 1  # submitted once
+    # Resent after the job moved on: the same job, as it is now.
+    job_id = first.json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=keys["t1"]).status_code == 200
+    late = client.post("/v1/jobs", json=JOB, headers={**keys["t1"], **_keyed("train-0042")})
+    assert (late.status_code, late.json()["id"], late.json()["state"]) == (
+        201, job_id, "cancelled")
     # Without a key every submit is a job of its own, as before.
     plain = [client.post("/v1/jobs", json=JOB, headers=keys["t1"]).json()["id"]
              for _ in range(2)]
